@@ -1,0 +1,138 @@
+// The attention side of the model: owns sequences and their paged KV cache, runs embeddings,
+// LayerNorms, attention, the router gate with sparsemixer top-2, the final norm and lm_head, and
+// samples. Each layer's MoE goes through an ExpertDispatcher (in process or remote), so this class
+// never touches expert weights. Sequences of different lengths are batched token-wise: one matrix
+// product per weight for all tokens of a step.
+//
+// LongRoPE: a sequence whose known length (prompt plus generated, counting the token being fed)
+// exceeds original_max_position_embeddings uses the long factors for every position; its KV, if
+// computed with the short ones, is recomputed once in the step that crosses (DESIGN.md §2).
+// Not thread-safe: one caller drives it (the node's step loop).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "attention_node/attention_weights.h"
+#include "attention_node/kv_cache.h"
+#include "common/model_config.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/sampling.h"
+#include "router/expert_dispatcher.h"
+
+namespace phimoe {
+
+struct EngineOptions {
+  int64_t kv_blocks = 0;              // 0: as many as kv_memory_bytes allows
+  int64_t kv_memory_bytes = 1ll << 30;
+  int64_t block_size = 16;            // positions per KV block
+  int64_t max_seq_len = 131072;       // refuse sequences longer than this
+  int64_t n_valid_tokens = 32011;     // ids >= this are never sampled (no token for them)
+};
+
+// Watches a forward pass (golden checks, debugging). Tokens appear in step order: the listed
+// sequences' tokens, contiguous per sequence.
+class ForwardObserver {
+ public:
+  virtual ~ForwardObserver() = default;
+  // When true, logits (and the final norm) are computed for every token, not only the last.
+  virtual bool WantAllLogits() const { return false; }
+  // layer = -1: the embeddings; 0..L-1: the residual stream after that layer.
+  virtual void OnResidual(int layer, const float* x, int64_t n_tokens, int64_t d_model) {}
+  virtual void OnFinalNorm(const float* h, int64_t n_tokens, int64_t d_model) {}
+  virtual void OnRouting(int layer, const float* gate_logits, const int32_t* experts,
+                         const float* weights, int64_t n_tokens, int64_t n_experts) {}
+  // One row per sampled sequence (or per token with WantAllLogits).
+  virtual void OnLogits(const float* logits, int64_t n_rows, int64_t vocab) {}
+};
+
+class AttentionEngine {
+ public:
+  using SequenceId = uint64_t;
+
+  struct StepItem {
+    SequenceId id = 0;
+    int64_t max_tokens = 0;  // at most this many pending tokens this step (0: all of them)
+    bool want_logprob = false;
+  };
+  struct StepOutput {
+    SequenceId id = 0;
+    int64_t processed = 0;    // tokens computed this step, recomputation included
+    int64_t recomputed = 0;   // of which LongRoPE recomputation of cached positions
+    bool sampled = false;     // false while the prompt is still being prefilled
+    int32_t token = -1;
+    float logprob = 0.0f;
+  };
+
+  static absl::StatusOr<std::unique_ptr<AttentionEngine>> Create(const ModelConfig& config,
+                                                                 const Checkpoint& checkpoint,
+                                                                 kernels::Backend* backend,
+                                                                 ExpertDispatcher* dispatcher,
+                                                                 const EngineOptions& options);
+
+  const ModelConfig& config() const { return config_; }
+  const EngineOptions& options() const { return options_; }
+
+  // Registers a sequence with its prompt (at least one token). INVALID_ARGUMENT for an empty
+  // prompt, an id outside the vocabulary or a prompt over max_seq_len; ALREADY_EXISTS for a
+  // duplicate id.
+  absl::Status AddSequence(SequenceId id, absl::Span<const int32_t> prompt,
+                           const kernels::cpu::SamplingParams& sampling);
+  // Appends tokens to process (a further prompt chunk, or tokens the caller forces).
+  absl::Status AppendTokens(SequenceId id, absl::Span<const int32_t> tokens);
+  // Frees the sequence's KV blocks. NOT_FOUND when unknown.
+  absl::Status Release(SequenceId id);
+  bool HasSequence(SequenceId id) const { return seqs_.count(id) != 0; }
+  // All tokens of the sequence so far (prompt and sampled).
+  absl::StatusOr<std::vector<int32_t>> Tokens(SequenceId id) const;
+
+  // One iteration over the listed sequences (each at most once): processes their pending tokens,
+  // and for each sequence whose tokens are then all computed, samples the next token and appends
+  // it as pending. RESOURCE_EXHAUSTED (nothing changed) when the KV blocks needed are not free;
+  // INVALID_ARGUMENT for unknown/duplicate ids or a sequence with nothing pending; a dispatcher
+  // error is returned as is (the listed sequences' new positions are then not cached).
+  absl::StatusOr<std::vector<StepOutput>> Step(absl::Span<const StepItem> items,
+                                               ForwardObserver* observer = nullptr);
+
+  int64_t free_blocks() const { return kv_->free_blocks(); }
+  int64_t total_blocks() const { return kv_->total_blocks(); }
+  int64_t block_size() const { return kv_->block_size(); }
+  // Blocks a sequence of `n_tokens` positions needs.
+  int64_t BlocksFor(int64_t n_tokens) const;
+
+ private:
+  struct Sequence {
+    std::vector<int32_t> tokens;
+    int64_t n_cached = 0;
+    bool long_rope = false;  // cached KV computed with the long factors
+    std::vector<int32_t> blocks;
+    kernels::cpu::SamplingParams sampling;
+    kernels::cpu::Rng rng;
+  };
+  AttentionEngine(const ModelConfig& config, const EngineOptions& options,
+                  kernels::Backend* backend, ExpertDispatcher* dispatcher);
+  bool NeedsLong(const Sequence& s) const {
+    return static_cast<int64_t>(s.tokens.size()) > config_.rope.original_max_position_embeddings;
+  }
+
+  ModelConfig config_;
+  EngineOptions options_;
+  kernels::Backend* backend_;
+  ExpertDispatcher* dispatcher_;
+  std::unique_ptr<AttentionWeights> weights_;
+  std::unique_ptr<KvCache> kv_;
+  std::vector<float> inv_freq_short_, inv_freq_long_;
+  std::map<SequenceId, Sequence> seqs_;
+  kernels::cpu::Sampler sampler_;
+
+  // Per-step scratch, reused.
+  std::vector<int32_t> ids_, positions_, slots_, experts_;
+  std::vector<kernels::AttentionTokenDesc> desc_;
+  std::vector<float> x_, h_, q_, k_, v_, attn_, proj_, gate_logits_, route_w_, moe_, logits_;
+};
+
+}  // namespace phimoe

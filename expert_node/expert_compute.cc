@@ -1,0 +1,168 @@
+// Expert FFNs for a batch (see expert_compute.h). Tokens are grouped by expert with a counting
+// sort, gathered into a dense block, pushed through w1 and w3, SwiGLU, w2, then scattered back
+// with their routing weight. Experts are visited in ascending id, as the reference sums them.
+#include "expert_node/expert_compute.h"
+
+#include <algorithm>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/status.h"
+
+namespace phimoe {
+
+ExpertSet::ExpertSet(int64_t n_layers, int64_t n_experts, bool all)
+    : n_layers_(n_layers), n_experts_(n_experts),
+      bits_(static_cast<size_t>(n_layers * n_experts), all) {}
+
+bool ExpertSet::Contains(int64_t layer, int64_t expert) const {
+  if (layer < 0 || layer >= n_layers_ || expert < 0 || expert >= n_experts_) return false;
+  return bits_[static_cast<size_t>(layer * n_experts_ + expert)];
+}
+
+void ExpertSet::Set(int64_t layer, int64_t expert, bool on) {
+  bits_[static_cast<size_t>(layer * n_experts_ + expert)] = on;
+}
+
+int64_t ExpertSet::count() const { return std::count(bits_.begin(), bits_.end(), true); }
+
+namespace {
+
+// Parses "a-b,c,d-e" into [lo, hi] pairs within [0, limit).
+absl::Status ParseRanges(absl::string_view text, int64_t limit, const char* what,
+                         std::vector<std::pair<int64_t, int64_t>>* out) {
+  out->clear();
+  if (text.empty()) return absl::InvalidArgumentError(absl::StrCat("empty ", what, " list"));
+  for (absl::string_view item : absl::StrSplit(text, ',')) {
+    std::vector<absl::string_view> ends = absl::StrSplit(item, absl::MaxSplits('-', 1));
+    int64_t lo = 0, hi = 0;
+    if (!absl::SimpleAtoi(ends[0], &lo) || (ends.size() == 2 && !absl::SimpleAtoi(ends[1], &hi))) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("\"", std::string(item), "\" is not a ", what, " id or range"));
+    }
+    if (ends.size() == 1) hi = lo;
+    if (lo < 0 || hi >= limit || lo > hi) {
+      return absl::InvalidArgumentError(absl::StrCat(what, " range \"", std::string(item),
+                                                     "\" is outside 0-", limit - 1, " or reversed"));
+    }
+    out->emplace_back(lo, hi);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<ExpertSet> ExpertSet::Parse(const std::string& spec, int64_t n_layers,
+                                           int64_t n_experts) {
+  ExpertSet set(n_layers, n_experts, false);
+  std::vector<std::pair<int64_t, int64_t>> layers, experts;
+  if (spec.find(':') == std::string::npos) {
+    RETURN_IF_ERROR(Annotate(ParseRanges(spec, n_experts, "expert", &experts), "--experts"));
+    layers = {{0, n_layers - 1}};
+    for (auto [l0, l1] : layers)
+      for (int64_t l = l0; l <= l1; ++l)
+        for (auto [e0, e1] : experts)
+          for (int64_t e = e0; e <= e1; ++e) set.Set(l, e, true);
+    return set;
+  }
+  for (absl::string_view group : absl::StrSplit(spec, ';')) {
+    std::vector<absl::string_view> parts = absl::StrSplit(group, absl::MaxSplits(':', 1));
+    if (parts.size() != 2) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--experts: group \"", std::string(group), "\" is not LAYERS:EXPERTS"));
+    }
+    RETURN_IF_ERROR(Annotate(ParseRanges(parts[0], n_layers, "layer", &layers), "--experts"));
+    RETURN_IF_ERROR(Annotate(ParseRanges(parts[1], n_experts, "expert", &experts), "--experts"));
+    for (auto [l0, l1] : layers)
+      for (int64_t l = l0; l <= l1; ++l)
+        for (auto [e0, e1] : experts)
+          for (int64_t e = e0; e <= e1; ++e) set.Set(l, e, true);
+  }
+  return set;
+}
+
+absl::StatusOr<std::unique_ptr<ExpertCompute>> ExpertCompute::Create(const ModelConfig& config,
+                                                                     const Checkpoint& checkpoint,
+                                                                     const ExpertSet& experts,
+                                                                     kernels::Backend* backend) {
+  if (experts.n_layers() != config.n_layers || experts.n_experts() != config.n_experts) {
+    return absl::InvalidArgumentError("expert set does not match the model's layers and experts");
+  }
+  std::unique_ptr<ExpertCompute> c(new ExpertCompute(config, experts, backend));
+  const int64_t d = config.d_model, f = config.d_ff;
+  c->ffn_.resize(static_cast<size_t>(config.n_layers * config.n_experts));
+  for (int64_t l = 0; l < config.n_layers; ++l) {
+    for (int64_t e = 0; e < config.n_experts; ++e) {
+      if (!experts.Contains(l, e)) continue;
+      const std::string prefix =
+          absl::StrCat("model.layers.", l, ".block_sparse_moe.experts.", e, ".");
+      Ffn& ffn = c->ffn_[static_cast<size_t>(l * config.n_experts + e)];
+      ASSIGN_OR_RETURN(const bf16_t* w1, LoadBf16(checkpoint, prefix + "w1.weight", {f, d}, c->arena_));
+      ASSIGN_OR_RETURN(const bf16_t* w2, LoadBf16(checkpoint, prefix + "w2.weight", {d, f}, c->arena_));
+      ASSIGN_OR_RETURN(const bf16_t* w3, LoadBf16(checkpoint, prefix + "w3.weight", {f, d}, c->arena_));
+      ffn.w1 = {w1, f, d};
+      ffn.w2 = {w2, d, f};
+      ffn.w3 = {w3, f, d};
+    }
+  }
+  return c;
+}
+
+absl::Status ExpertCompute::Run(int32_t layer, const float* hidden, int64_t n_tokens,
+                                absl::Span<const ExpertAssignment> assignments, float* out) {
+  const int64_t d = config_.d_model, f = config_.d_ff, n_exp = config_.n_experts;
+  if (layer < 0 || layer >= config_.n_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " out of range"));
+  }
+  for (const ExpertAssignment& a : assignments) {
+    if (a.token < 0 || a.token >= n_tokens) {
+      return absl::InvalidArgumentError(absl::StrCat("assignment token ", a.token, " outside 0-",
+                                                     n_tokens - 1));
+    }
+    if (!experts_.Contains(layer, a.expert)) {
+      return absl::InvalidArgumentError(absl::StrCat("expert ", a.expert, " of layer ", layer,
+                                                     " is not hosted here"));
+    }
+  }
+  std::fill(out, out + n_tokens * d, 0.0f);
+  // Counting sort of assignments by expert, stable in input order.
+  offsets_.assign(static_cast<size_t>(n_exp + 1), 0);
+  for (const ExpertAssignment& a : assignments) ++offsets_[static_cast<size_t>(a.expert + 1)];
+  for (int64_t e = 0; e < n_exp; ++e) offsets_[static_cast<size_t>(e + 1)] += offsets_[static_cast<size_t>(e)];
+  order_.resize(assignments.size());
+  {
+    std::vector<int32_t> cursor(offsets_.begin(), offsets_.end() - 1);
+    for (size_t i = 0; i < assignments.size(); ++i) {
+      order_[static_cast<size_t>(cursor[static_cast<size_t>(assignments[i].expert)]++)] =
+          static_cast<int32_t>(i);
+    }
+  }
+  for (int64_t e = 0; e < n_exp; ++e) {
+    const int64_t begin = offsets_[static_cast<size_t>(e)], end = offsets_[static_cast<size_t>(e + 1)];
+    const int64_t m = end - begin;
+    if (m == 0) continue;
+    const Ffn& ffn = ffn_[static_cast<size_t>(layer * n_exp + e)];
+    rows_.resize(static_cast<size_t>(m * d));
+    gate_.resize(static_cast<size_t>(m * f));
+    up_.resize(static_cast<size_t>(m * f));
+    down_.resize(static_cast<size_t>(m * d));
+    for (int64_t i = 0; i < m; ++i) {
+      const ExpertAssignment& a = assignments[static_cast<size_t>(order_[static_cast<size_t>(begin + i)])];
+      std::copy(hidden + a.token * d, hidden + (a.token + 1) * d, rows_.data() + i * d);
+    }
+    backend_->MatMul(rows_.data(), m, ffn.w1, nullptr, gate_.data());
+    backend_->MatMul(rows_.data(), m, ffn.w3, nullptr, up_.data());
+    backend_->SwiGlu(gate_.data(), up_.data(), m * f, gate_.data());
+    backend_->MatMul(gate_.data(), m, ffn.w2, nullptr, down_.data());
+    for (int64_t i = 0; i < m; ++i) {
+      const ExpertAssignment& a = assignments[static_cast<size_t>(order_[static_cast<size_t>(begin + i)])];
+      float* dst = out + a.token * d;
+      const float* src = down_.data() + i * d;
+      for (int64_t k = 0; k < d; ++k) dst[k] += src[k] * a.weight;
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace phimoe

@@ -1,0 +1,33 @@
+// CPU matrix product with bf16 weights and fp32 activations/accumulation: y = x · wᵀ (+ bias).
+// Vectorized for AVX-512 and AVX2+FMA (chosen at run time, so binaries travel) with a portable
+// fallback; single-threaded over a block of tokens × rows: the backend splits the work over its pool.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/backend.h"
+
+namespace phimoe::kernels::cpu {
+
+enum class Isa { kScalar, kAvx2, kAvx512 };
+Isa DetectIsa();          // best the running CPU supports (PHIMOE_ISA=scalar|avx2|avx512 caps it)
+const char* IsaName(Isa isa);
+
+// Computes y[t, r] for t in [t0, t1), r in [r0, r1). x rows have stride w.cols; y rows stride w.rows.
+void MatMulBlock(Isa isa, const float* x, const Bf16Matrix& w, const bf16_t* bias, float* y,
+                 int64_t t0, int64_t t1, int64_t r0, int64_t r1);
+
+// Plain triple loop (double accumulation): the reference the fast paths are tested against.
+void MatMulReference(const float* x, int64_t n_tokens, const Bf16Matrix& w, const bf16_t* bias,
+                     float* y);
+
+namespace internal {
+void MatMulBlockScalar(const float* x, const Bf16Matrix& w, const bf16_t* bias, float* y,
+                       int64_t t0, int64_t t1, int64_t r0, int64_t r1);
+void MatMulBlockAvx2(const float* x, const Bf16Matrix& w, const bf16_t* bias, float* y,
+                     int64_t t0, int64_t t1, int64_t r0, int64_t r1);
+void MatMulBlockAvx512(const float* x, const Bf16Matrix& w, const bf16_t* bias, float* y,
+                       int64_t t0, int64_t t1, int64_t r0, int64_t r1);
+}  // namespace internal
+
+}  // namespace phimoe::kernels::cpu

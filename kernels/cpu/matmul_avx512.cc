@@ -1,0 +1,109 @@
+// AVX-512 path of the bf16-weight matrix product. A register tile of R weight rows × C tokens
+// accumulates in fp32 along k (16 lanes), bf16 widened to fp32 by a 16-bit shift; tokens are
+// walked in blocks of 64 so their activations stay in L2 while weight rows stream through.
+// Compiled for AVX-512 by the pragma below only; callers dispatch here after checking the CPU.
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma")
+// GCC 12 warns falsely inside its own AVX-512 headers (_mm512_undefined_* in reductions).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "kernels/cpu/matmul.h"
+
+namespace phimoe::kernels::cpu::internal {
+namespace {
+
+inline __m512 WidenBf16(__m256i v) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+}
+
+template <int R, int C>
+inline void Tile(const float* x, const bf16_t* w, int64_t k_dim, int64_t n_rows, float* y,
+                 const bf16_t* bias) {
+  __m512 acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= k_dim; k += 16) {
+    __m512 xv[C];
+    for (int c = 0; c < C; ++c) xv[c] = _mm512_loadu_ps(x + c * k_dim + k);
+    for (int r = 0; r < R; ++r) {
+      __m512 wv = WidenBf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * k_dim + k)));
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
+    }
+  }
+  if (k < k_dim) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (k_dim - k)) - 1u);
+    __m512 xv[C];
+    for (int c = 0; c < C; ++c) xv[c] = _mm512_maskz_loadu_ps(m, x + c * k_dim + k);
+    for (int r = 0; r < R; ++r) {
+      __m512 wv = WidenBf16(_mm256_maskz_loadu_epi16(m, w + r * k_dim + k));
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const float b = bias ? Bf16ToFloat(bias[r]) : 0.0f;
+    for (int c = 0; c < C; ++c) y[c * n_rows + r] = _mm512_reduce_add_ps(acc[r][c]) + b;
+  }
+}
+
+template <int R>
+inline void TileCols(int c, const float* x, const bf16_t* w, int64_t k_dim, int64_t n_rows,
+                     float* y, const bf16_t* bias) {
+  switch (c) {
+    case 1:
+      Tile<R, 1>(x, w, k_dim, n_rows, y, bias);
+      break;
+    case 2:
+      Tile<R, 2>(x, w, k_dim, n_rows, y, bias);
+      break;
+    case 3:
+      Tile<R, 3>(x, w, k_dim, n_rows, y, bias);
+      break;
+    default:
+      Tile<R, 4>(x, w, k_dim, n_rows, y, bias);
+      break;
+  }
+}
+
+}  // namespace
+
+void MatMulBlockAvx512(const float* x, const Bf16Matrix& w, const bf16_t* bias, float* y,
+                       int64_t t0, int64_t t1, int64_t r0, int64_t r1) {
+  const int64_t k_dim = w.cols, n_rows = w.rows;
+  constexpr int64_t kTokenBlock = 64;
+  for (int64_t tb = t0; tb < t1; tb += kTokenBlock) {
+    const int64_t te = std::min(t1, tb + kTokenBlock);
+    const bool few_tokens = (te - tb) < 4;
+    const int64_t row_step = few_tokens ? 8 : 4;
+    int64_t r = r0;
+    for (; r + row_step <= r1; r += row_step) {
+      const bf16_t* wr = w.data + r * k_dim;
+      const bf16_t* br = bias ? bias + r : nullptr;
+      for (int64_t t = tb; t < te; t += 4) {
+        const int c = static_cast<int>(std::min<int64_t>(4, te - t));
+        if (few_tokens) {
+          TileCols<8>(c, x + t * k_dim, wr, k_dim, n_rows, y + t * n_rows + r, br);
+        } else {
+          TileCols<4>(c, x + t * k_dim, wr, k_dim, n_rows, y + t * n_rows + r, br);
+        }
+      }
+    }
+    for (; r < r1; ++r) {
+      const bf16_t* wr = w.data + r * k_dim;
+      const bf16_t* br = bias ? bias + r : nullptr;
+      for (int64_t t = tb; t < te; t += 4) {
+        const int c = static_cast<int>(std::min<int64_t>(4, te - t));
+        TileCols<1>(c, x + t * k_dim, wr, k_dim, n_rows, y + t * n_rows + r, br);
+      }
+    }
+  }
+}
+
+}  // namespace phimoe::kernels::cpu::internal
+#pragma GCC diagnostic pop
+#pragma GCC pop_options

@@ -1,0 +1,31 @@
+// The one interface between the attention side and the expert side of a layer's MoE block. The
+// attention side computes the routing (sparsemixer top-2 over the gate logits) and hands each
+// layer's batch here; an implementation gets the experts' weighted outputs back, in process
+// (LocalDispatcher) or over the network (the mesh). It never sees KV or attention state.
+#pragma once
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+
+namespace phimoe {
+
+// One layer's MoE input for a batch of tokens. Pointers are host memory owned by the caller.
+struct MoeRequest {
+  int32_t layer = 0;
+  int64_t n_tokens = 0;
+  int64_t d_model = 0;
+  const float* hidden = nullptr;   // [n_tokens, d_model]: post_attention_layernorm output
+  const int32_t* experts = nullptr;  // [n_tokens, 2]: first and second expert
+  const float* weights = nullptr;    // [n_tokens, 2]: their sparsemixer weights
+};
+
+class ExpertDispatcher {
+ public:
+  virtual ~ExpertDispatcher() = default;
+  // Writes out[n_tokens, d_model] = Σ_j weights[t, j] · expert_{experts[t, j]}(hidden[t]).
+  // Errors: UNAVAILABLE when an expert's host cannot be reached, DEADLINE_EXCEEDED, CANCELLED.
+  virtual absl::Status Dispatch(const MoeRequest& request, float* out) = 0;
+};
+
+}  // namespace phimoe
