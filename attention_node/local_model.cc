@@ -23,7 +23,7 @@ absl::StatusOr<std::unique_ptr<LocalModel>> LocalModel::Open(const LocalModelOpt
   }
   if (options.layers > 0) m->config_.n_layers = options.layers;
   ASSIGN_OR_RETURN(m->checkpoint_, Checkpoint::Open(options.model_dir));
-  ASSIGN_OR_RETURN(m->backend_, kernels::CreateBackend(options.device, options.threads));
+  ASSIGN_OR_RETURN(m->backend_, kernels::CreateBackend(options.device, options.threads, options.precision));
   ExpertSet all(m->config_.n_layers, m->config_.n_experts, true);
   ASSIGN_OR_RETURN(m->experts_,
                    ExpertCompute::Create(m->config_, *m->checkpoint_, all, m->backend_.get()));

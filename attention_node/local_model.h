@@ -22,6 +22,7 @@ struct LocalModelOptions {
   std::string model_dir;
   std::string device = "cpu";
   int threads = 0;
+  kernels::Precision precision = kernels::Precision::kFp32;
   int64_t layers = 0;  // 0: all; otherwise run only the first N layers (reduced-depth benchmarks)
   EngineOptions engine;
 };

@@ -13,10 +13,17 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int ordinal) {
 }
 #endif
 
-absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const std::string& device, int n_threads) {
+absl::StatusOr<Precision> ParsePrecision(const std::string& text) {
+  if (text == "fp32") return Precision::kFp32;
+  if (text == "bf16") return Precision::kBf16;
+  return absl::InvalidArgumentError(absl::StrCat("--precision must be fp32 or bf16, got \"", text, "\""));
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const std::string& device, int n_threads,
+                                                       Precision precision) {
   int ordinal = -1;
   if (absl::Status s = ParseDevice(device, &ordinal); !s.ok()) return s;
-  if (ordinal < 0) return CreateCpuBackend(n_threads);
+  if (ordinal < 0) return CreateCpuBackend(n_threads, precision);
   return CreateCudaBackend(ordinal);
 }
 

@@ -16,28 +16,47 @@ constexpr int64_t kSerialWork = 1 << 15;  // below this many multiply-adds: no h
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int n_threads)
-      : pool_(n_threads), isa_(cpu::DetectIsa()), scratch_(static_cast<size_t>(pool_.size())) {}
+  CpuBackend(int n_threads, Precision precision)
+      : pool_(n_threads), isa_(cpu::DetectIsa()), precision_(precision),
+        bf16_dot_(precision == Precision::kBf16 && cpu::HasBf16Dot()),
+        scratch_(static_cast<size_t>(pool_.size())) {}
 
-  std::string name() const override { return std::string("cpu/") + cpu::IsaName(isa_); }
+  std::string name() const override {
+    std::string n = std::string("cpu/") + cpu::IsaName(isa_);
+    if (precision_ == Precision::kBf16) n += bf16_dot_ ? "/bf16-dot" : "/bf16";
+    return n;
+  }
   bool SupportsOp(Op) const override { return true; }
 
   void MatMul(const float* x, int64_t n_tokens, const Bf16Matrix& w, const bf16_t* bias,
               float* y) override {
+    const int64_t n_x = n_tokens * w.cols;
+    if (precision_ == Precision::kBf16) {
+      x_bf16_.resize(static_cast<size_t>(n_x));
+      cpu::RoundToBf16(x, n_x, x_bf16_.data());
+      if (!bf16_dot_) {  // same numerics without the dot-product instruction
+        x_rounded_.resize(static_cast<size_t>(n_x));
+        for (int64_t i = 0; i < n_x; ++i) x_rounded_[static_cast<size_t>(i)] = Bf16ToFloat(x_bf16_[static_cast<size_t>(i)]);
+        x = x_rounded_.data();
+      }
+    }
+    auto block = [&](int64_t t0, int64_t t1, int64_t r0, int64_t r1) {
+      if (bf16_dot_) {
+        cpu::MatMulBlockBf16(x_bf16_.data(), w, bias, y, t0, t1, r0, r1);
+      } else {
+        cpu::MatMulBlock(isa_, x, w, bias, y, t0, t1, r0, r1);
+      }
+    };
     const int64_t work = n_tokens * w.rows * w.cols;
     if (work < kSerialWork || pool_.size() == 1) {
-      cpu::MatMulBlock(isa_, x, w, bias, y, 0, n_tokens, 0, w.rows);
+      block(0, n_tokens, 0, w.rows);
       return;
     }
     if (w.rows >= 64 * pool_.size() || n_tokens < 2 * pool_.size()) {
       // Split weight rows: each thread streams its own part of the matrix.
-      pool_.ParallelFor(w.rows, 8, [&](int64_t r0, int64_t r1) {
-        cpu::MatMulBlock(isa_, x, w, bias, y, 0, n_tokens, r0, r1);
-      });
+      pool_.ParallelFor(w.rows, 8, [&](int64_t r0, int64_t r1) { block(0, n_tokens, r0, r1); });
     } else {
-      pool_.ParallelFor(n_tokens, 4, [&](int64_t t0, int64_t t1) {
-        cpu::MatMulBlock(isa_, x, w, bias, y, t0, t1, 0, w.rows);
-      });
+      pool_.ParallelFor(n_tokens, 4, [&](int64_t t0, int64_t t1) { block(t0, t1, 0, w.rows); });
     }
   }
 
@@ -100,13 +119,17 @@ class CpuBackend final : public Backend {
 
   ThreadPool pool_;
   cpu::Isa isa_;
+  Precision precision_;
+  bool bf16_dot_;
   std::vector<std::vector<float>> scratch_;
+  std::vector<bf16_t> x_bf16_;
+  std::vector<float> x_rounded_;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> CreateCpuBackend(int n_threads) {
-  return std::make_unique<CpuBackend>(n_threads);
+std::unique_ptr<Backend> CreateCpuBackend(int n_threads, Precision precision) {
+  return std::make_unique<CpuBackend>(n_threads, precision);
 }
 
 }  // namespace phimoe::kernels

@@ -33,6 +33,28 @@ const char* IsaName(Isa isa) {
   return "?";
 }
 
+bool HasBf16Dot() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return DetectIsa() == Isa::kAvx512 && __builtin_cpu_supports("avx512bf16");
+  }();
+  return has;
+}
+
+void MatMulBlockBf16(const bf16_t* x, const Bf16Matrix& w, const bf16_t* bias, float* y,
+                     int64_t t0, int64_t t1, int64_t r0, int64_t r1) {
+  if (t0 >= t1 || r0 >= r1) return;
+  internal::MatMulBlockBf16Dot(x, w, bias, y, t0, t1, r0, r1);
+}
+
+void RoundToBf16(const float* x, int64_t n, bf16_t* out) {
+  if (HasBf16Dot()) {
+    internal::RoundRowsToBf16Avx512(x, n, out);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) out[i] = FloatToBf16(x[i]);
+}
+
 void MatMulBlock(Isa isa, const float* x, const Bf16Matrix& w, const bf16_t* bias, float* y,
                  int64_t t0, int64_t t1, int64_t r0, int64_t r1) {
   if (t0 >= t1 || r0 >= r1) return;

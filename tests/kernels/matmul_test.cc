@@ -103,3 +103,32 @@ TEST(MatMulTest, BackendSplitsOverThreads) {
 
 }  // namespace
 }  // namespace phimoe::kernels
+
+namespace phimoe::kernels {
+namespace {
+
+// The bf16-activation path equals the fp32 reference computed on bf16-rounded activations.
+TEST(MatMulBf16Test, MatchesReferenceOnRoundedActivations) {
+  for (int threads : {1, 2}) {
+    auto backend = CreateCpuBackend(threads, Precision::kBf16);
+    for (const Shape& s : {Shape{1, 9, 33}, Shape{3, 40, 64}, Shape{17, 100, 1000}, Shape{70, 12, 31}}) {
+      auto x = testing::RandomFloats(static_cast<size_t>(s.tokens * s.cols), 21);
+      auto w = testing::RandomBf16(static_cast<size_t>(s.rows * s.cols), 22, 0.1f);
+      auto b = testing::RandomBf16(static_cast<size_t>(s.rows), 23);
+      std::vector<float> xr(x.size());
+      for (size_t i = 0; i < x.size(); ++i) xr[i] = Bf16ToFloat(FloatToBf16(x[i]));
+      Bf16Matrix m{w.data(), s.rows, s.cols};
+      std::vector<float> want(static_cast<size_t>(s.tokens * s.rows)), got(want.size(), NAN);
+      cpu::MatMulReference(xr.data(), s.tokens, m, b.data(), want.data());
+      backend->MatMul(x.data(), s.tokens, m, b.data(), got.data());
+      ExpectClose(got, want, xr, w, s, backend->name().c_str());
+    }
+  }
+  std::vector<float> f = {1.0f, 1.0f + 0x1.0p-8f, -3.14159f, 1e-30f, 65504.0f};
+  std::vector<bf16_t> out(f.size());
+  cpu::RoundToBf16(f.data(), static_cast<int64_t>(f.size()), out.data());
+  for (size_t i = 0; i < f.size(); ++i) EXPECT_EQ(out[i], FloatToBf16(f[i]));
+}
+
+}  // namespace
+}  // namespace phimoe::kernels

@@ -74,6 +74,7 @@ int Main(int argc, char** argv) {
   std::string model_dir, load_only;
   int64_t batch = 1, prompt_len = 128, gen_len = 32, layers = 0, seed = 1, chunk = 512;
   bool json = false;
+  std::string precision = "fp32";
   CommonFlags common;
   FlagParser flags("phimoe-bench",
                    "--model DIR --batch B --prompt-len P --gen-len G [--json] [--threads N]",
@@ -91,6 +92,8 @@ int Main(int argc, char** argv) {
   flags.AddInt("seed", &seed, "seed of the random prompts");
   flags.AddString("load-only", &load_only, "\"attention\": only measure loading the attention side");
   flags.AddBool("json", &json, "print one JSON object");
+  flags.AddString("precision", &precision,
+                  "activation precision of matrix products: fp32 (reference) or bf16 (faster)");
   common.Register(flags);
   flags.ParseOrExit(argc, argv);
   if (model_dir.empty()) {
@@ -113,6 +116,12 @@ int Main(int argc, char** argv) {
   opts.model_dir = model_dir;
   opts.device = common.device;
   opts.threads = static_cast<int>(common.threads);
+  if (auto p = kernels::ParsePrecision(precision); p.ok()) {
+    opts.precision = *p;
+  } else {
+    std::fprintf(stderr, "%s\n", std::string(p.status().message()).c_str());
+    return 2;
+  }
   opts.layers = layers;
   auto model = LocalModel::Open(opts);
   if (!model.ok()) {

@@ -18,6 +18,7 @@ int Main(int argc, char** argv) {
   int64_t max_tokens = 32, top_k = 0, seed = 0, kv_blocks = 0;
   double temperature = 0.0, top_p = 1.0;
   bool json = false, no_stop = false;
+  std::string precision = "fp32";
   CommonFlags common;
   FlagParser flags("phimoe-run",
                    "--model DIR (--prompt-ids 1,2,3 | --prompt TEXT) --max-tokens N [--temperature T]",
@@ -36,6 +37,8 @@ int Main(int argc, char** argv) {
   flags.AddInt("kv-blocks", &kv_blocks, "KV cache blocks of 16 tokens (0 = 1 GiB worth)");
   flags.AddBool("no-stop", &no_stop, "do not stop at the end-of-text ids");
   flags.AddBool("json", &json, "print one JSON object: ids, timings");
+  flags.AddString("precision", &precision,
+                  "activation precision of matrix products: fp32 (reference) or bf16 (faster)");
   common.Register(flags);
   flags.ParseOrExit(argc, argv);
 
@@ -67,6 +70,12 @@ int Main(int argc, char** argv) {
   opts.model_dir = model_dir;
   opts.device = common.device;
   opts.threads = static_cast<int>(common.threads);
+  if (auto p = kernels::ParsePrecision(precision); p.ok()) {
+    opts.precision = *p;
+  } else {
+    std::fprintf(stderr, "%s\n", std::string(p.status().message()).c_str());
+    return 2;
+  }
   opts.engine.kv_blocks = kv_blocks;
   auto model = LocalModel::Open(opts);
   if (!model.ok()) {
