@@ -53,8 +53,14 @@ class Recorder : public ForwardObserver {
 
 struct Tally {
   int passed = 0, failed = 0;
+  bool gating = true;  // false: lines are reported as information, not as checks
   void Report(bool ok, const std::string& line) {
-    std::printf("%s %s\n", ok ? "PASS" : "FAIL", line.c_str());
+    if (gating) {
+      std::printf("%s %s\n", ok ? "PASS" : "FAIL", line.c_str());
+    } else {
+      std::printf("INFO (not gated) %s %s\n", ok ? "within fp32 tolerance:" : "outside fp32 tolerance:",
+                  line.c_str());
+    }
     std::fflush(stdout);
     (ok ? passed : failed)++;
   }
@@ -91,9 +97,15 @@ bool IsInt(const TensorView& v) {
   return v.info->dtype == DType::kI64 || v.info->dtype == DType::kI32;
 }
 
-// Runs one case; returns false if the case could not be run at all.
+// With bf16 activations only the last position's logits are gated: their relative error must be
+// at most 1.5× that of the reference's own bf16 run (C.bf16_logits_last); the rest is reported.
+constexpr double kBf16Slack = 1.5;
+
 void RunCase(LocalModel& model, const SafetensorsFile& golden, const std::string& c, Tally& tally,
-             uint64_t& next_id) {
+             uint64_t& next_id, bool bf16) {
+  Tally info;  // what a bf16 run reports without gating
+  info.gating = false;
+  Tally& gated = bf16 ? info : tally;
   const ModelConfig& cfg = model.config();
   auto get = [&](const std::string& suffix) -> const TensorView* {
     static std::map<std::string, TensorView> cache;
@@ -133,7 +145,7 @@ void RunCase(LocalModel& model, const SafetensorsFile& golden, const std::string
     if (!IsF32(*v) || v->info->shape != std::vector<int64_t>{T, V}) {
       tally.Report(false, c + ".logits has an unexpected dtype or shape");
     } else {
-      CheckRel(tally, c + ".logits", rec.logits.data(), v->as<float>(), T * V, kLogitsTol);
+      CheckRel(gated, c + ".logits", rec.logits.data(), v->as<float>(), T * V, kLogitsTol);
     }
   }
   if (const TensorView* v = get("hidden_states")) {
@@ -146,7 +158,7 @@ void RunCase(LocalModel& model, const SafetensorsFile& golden, const std::string
         const float* want = v->as<float>() + i * T * d;
         const std::vector<float>& got = i == L ? rec.final_norm : rec.residuals[static_cast<int>(i) - 1];
         const std::string what = i == 0 ? "embeddings" : i == L ? "final_norm" : absl::StrCat("layer", i - 1);
-        CheckRel(tally, absl::StrCat(c, ".hidden_states[", i, "] (", what, ")"), got.data(), want,
+        CheckRel(gated, absl::StrCat(c, ".hidden_states[", i, "] (", what, ")"), got.data(), want,
                  T * d, kHiddenTol);
       }
     }
@@ -156,7 +168,7 @@ void RunCase(LocalModel& model, const SafetensorsFile& golden, const std::string
       tally.Report(false, c + ".router_logits has an unexpected dtype or shape");
     } else {
       for (int64_t l = 0; l < L; ++l) {
-        CheckRel(tally, absl::StrCat(c, ".router_logits[", l, "]"),
+        CheckRel(gated, absl::StrCat(c, ".router_logits[", l, "]"),
                  rec.router_logits[static_cast<int>(l)].data(), v->as<float>() + l * T * E, T * E,
                  kRouterLogitsTol);
       }
@@ -175,7 +187,7 @@ void RunCase(LocalModel& model, const SafetensorsFile& golden, const std::string
             ++mismatches;
           }
         }
-        tally.Report(mismatches == 0,
+        gated.Report(mismatches == 0,
                      absl::StrCat(c, ".topk_experts[", l, "] mismatches=", mismatches,
                                   first >= 0 ? absl::StrCat(" (first at token ", first, ")") : ""));
       }
@@ -191,18 +203,24 @@ void RunCase(LocalModel& model, const SafetensorsFile& golden, const std::string
           worst = std::max(worst, std::fabs(static_cast<double>(rec.topk_weights[static_cast<int>(l)][static_cast<size_t>(i)]) -
                                             v->as<float>()[l * T * 2 + i]));
         }
-        tally.Report(worst <= kWeightTol, absl::StrFormat("%s.topk_weights[%d] max_abs=%.3g (tol %.0e)",
+        gated.Report(worst <= kWeightTol, absl::StrFormat("%s.topk_weights[%d] max_abs=%.3g (tol %.0e)",
                                                           c, l, worst, kWeightTol));
       }
     }
   }
   if (const TensorView* v = get("bf16_logits_last"); v && IsF32(*v) && rec.logits.size() >= static_cast<size_t>(V)) {
-    // Informational for an fp32 path: the error a bf16 backend should expect on this case.
+    // For an fp32 path: the error a bf16 backend should expect. For a bf16 path: the gate.
     if (const TensorView* ref = get("logits"); ref && ref->info->shape == std::vector<int64_t>{T, V}) {
       const double bf16_err = RelL2(v->as<float>(), ref->as<float>() + (T - 1) * V, V);
       const double our_err = RelL2(rec.logits.data() + (T - 1) * V, ref->as<float>() + (T - 1) * V, V);
-      std::printf("INFO %s last-position logits rel_l2=%.3g (reference bf16 run: %.3g)\n", c.c_str(),
-                  our_err, bf16_err);
+      if (bf16) {
+        tally.Report(our_err <= kBf16Slack * bf16_err,
+                     absl::StrFormat("%s last-position logits rel_l2=%.3g (gate: <= %.1f x reference bf16 %.3g)",
+                                     c, our_err, kBf16Slack, bf16_err));
+      } else {
+        std::printf("INFO %s last-position logits rel_l2=%.3g (reference bf16 run: %.3g)\n", c.c_str(),
+                    our_err, bf16_err);
+      }
     }
   }
 
@@ -254,13 +272,13 @@ void RunCase(LocalModel& model, const SafetensorsFile& golden, const std::string
   }
   (void)engine.Release(gid);
   if (!ok) return;
-  tally.Report(got_ids == want_ids,
+  gated.Report(got_ids == want_ids,
                absl::StrCat(c, ".greedy_ids ", got_ids == want_ids ? "identical" : "DIFFER", " (",
                             G, " steps; LongRoPE recompute of ", recomputed, " tokens at step ",
                             recompute_step, ")\n     got  ", absl::StrJoin(got_ids, ","),
                             "\n     want ", absl::StrJoin(want_ids, ",")));
   if (glog) {
-    tally.Report(worst <= kLogitsTol && std::isfinite(worst),
+    gated.Report(worst <= kLogitsTol && std::isfinite(worst),
                  absl::StrFormat("%s.greedy_logits worst step %d rel_l2=%.3g (tol %.0e)", c,
                                  worst_step, worst, kLogitsTol));
   }
@@ -277,8 +295,17 @@ int Main(int argc, char** argv) {
                    "Exit status 0 only when every check passes.");
   flags.AddString("model", &model_dir, "model folder (config.json + safetensors)");
   flags.AddString("golden", &golden_path, "golden .safetensors file");
+  std::string precision = "fp32";
+  flags.AddString("precision", &precision,
+                  "fp32 (every check gated) or bf16 (last-position logits gated at 1.5x the reference's "
+                  "bf16 error; the rest reported)");
   common.Register(flags);
   flags.ParseOrExit(argc, argv);
+  auto prec = kernels::ParsePrecision(precision);
+  if (!prec.ok()) {
+    std::fprintf(stderr, "phimoe-golden: %s\n", std::string(prec.status().message()).c_str());
+    return 2;
+  }
   if (model_dir.empty() || golden_path.empty()) {
     std::fprintf(stderr, "phimoe-golden: --model and --golden are required (see --help)\n");
     return 2;
@@ -288,6 +315,8 @@ int Main(int argc, char** argv) {
   opts.device = common.device;
   opts.threads = static_cast<int>(common.threads);
   opts.engine.kv_blocks = 256;
+  opts.precision = *prec;
+  const bool bf16 = *prec == kernels::Precision::kBf16;
   auto model = LocalModel::Open(opts);
   if (!model.ok()) {
     std::fprintf(stderr, "phimoe-golden: %s\n", model.status().ToString().c_str());
@@ -306,7 +335,7 @@ int Main(int argc, char** argv) {
               model_dir.c_str(), (*model)->backend().name().c_str());
   Tally tally;
   uint64_t next_id = 1;
-  for (const std::string& c : cases) RunCase(**model, **golden, c, tally, next_id);
+  for (const std::string& c : cases) RunCase(**model, **golden, c, tally, next_id, bf16);
   if (cases.empty()) tally.Report(false, "no case (no tensor named <case>.input_ids) in the golden file");
   std::printf("golden: %d passed, %d failed\n", tally.passed, tally.failed);
   return tally.failed == 0 && tally.passed > 0 ? 0 : 1;
