@@ -4,6 +4,8 @@
 // defaults (what the reference implementation would use for the same file).
 #include "common/model_config.h"
 
+#include "common/file_util.h"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -314,29 +316,9 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& text,
 }
 
 absl::StatusOr<ModelConfig> ModelConfig::FromFile(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot open"));
-  struct stat st;
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) ||
-      static_cast<uint64_t>(st.st_size) > kMaxConfigBytes) {
-    ::close(fd);
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": not a regular file of at most ", kMaxConfigBytes, " bytes"));
-  }
-  std::string text(static_cast<size_t>(st.st_size), '\0');
-  size_t got = 0;
-  while (got < text.size()) {
-    ssize_t n = ::read(fd, text.data() + got, text.size() - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      int err = n < 0 ? errno : EIO;
-      ::close(fd);
-      return absl::ErrnoToStatus(err, absl::StrCat(path, ": read failed"));
-    }
-    got += static_cast<size_t>(n);
-  }
-  ::close(fd);
-  return FromJson(text, path);
+  absl::StatusOr<std::string> text = ReadSmallFile(path, kMaxConfigBytes);
+  if (!text.ok()) return text.status();
+  return FromJson(*text, path);
 }
 
 std::string ModelConfig::ToJson() const {

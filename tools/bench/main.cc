@@ -13,6 +13,7 @@
 #include "attention_node/local_model.h"
 #include "common/flags.h"
 #include "common/process_stats.h"
+#include "common/thread_pool.h"
 #include "kernels/cpu/sampling.h"
 
 namespace phimoe {
@@ -70,10 +71,53 @@ int LoadOnly(const std::string& model_dir, const std::string& what, bool json) {
   return 0;
 }
 
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+uint64_t SumRange(const uint64_t* p, size_t n) {
+  uint64_t acc[16] = {};
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int j = 0; j < 16; ++j) acc[j] += p[i + j];
+  uint64_t s = 0;
+  for (; i < n; ++i) s += p[i];
+  for (uint64_t a : acc) s += a;
+  return s;
+}
+
+// Streaming-read bandwidth over 1 GiB with `threads` threads (best of 5): the roofline for
+// memory-bound decode on this machine.
+int Bandwidth(int threads, bool json) {
+  const size_t n = size_t{1} << 30;
+  std::vector<uint64_t> buf(n / sizeof(uint64_t));
+  for (size_t i = 0; i < buf.size(); ++i) buf[i] = i;
+  ThreadPool pool(threads);
+  double best = 0;
+  std::vector<uint64_t> sums(static_cast<size_t>(pool.size()));
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    pool.Run([&](int t, int nt) {
+      const size_t b = buf.size() * static_cast<size_t>(t) / static_cast<size_t>(nt);
+      const size_t e = buf.size() * static_cast<size_t>(t + 1) / static_cast<size_t>(nt);
+      sums[static_cast<size_t>(t)] = SumRange(buf.data() + b, e - b);
+    });
+    best = std::max(best, static_cast<double>(n) / Seconds(t0));
+  }
+  uint64_t check = 0;
+  for (uint64_t v : sums) check += v;
+  if (json) {
+    std::printf("{\"bandwidth_bytes_per_s\": %.0f, \"threads\": %d, \"checksum\": %llu}\n", best,
+                pool.size(), static_cast<unsigned long long>(check));
+  } else {
+    std::printf("streaming read: %.1f GB/s with %d threads\n", best / 1e9, pool.size());
+  }
+  return 0;
+}
+
 int Main(int argc, char** argv) {
   std::string model_dir, load_only;
   int64_t batch = 1, prompt_len = 128, gen_len = 32, layers = 0, seed = 1, chunk = 512;
-  bool json = false;
+  bool json = false, bandwidth = false;
   std::string precision = "fp32";
   CommonFlags common;
   FlagParser flags("phimoe-bench",
@@ -92,10 +136,12 @@ int Main(int argc, char** argv) {
   flags.AddInt("seed", &seed, "seed of the random prompts");
   flags.AddString("load-only", &load_only, "\"attention\": only measure loading the attention side");
   flags.AddBool("json", &json, "print one JSON object");
+  flags.AddBool("bandwidth", &bandwidth, "only measure this machine's streaming-read bandwidth");
   flags.AddString("precision", &precision,
                   "activation precision of matrix products: fp32 (reference) or bf16 (faster)");
   common.Register(flags);
   flags.ParseOrExit(argc, argv);
+  if (bandwidth) return Bandwidth(static_cast<int>(common.threads), json);
   if (model_dir.empty()) {
     std::fprintf(stderr, "phimoe-bench: --model is required (see --help)\n");
     return 2;
@@ -148,11 +194,11 @@ int Main(int argc, char** argv) {
                                          : static_cast<int>(std::thread::hardware_concurrency());
   if (json) {
     std::printf(
-        "{\"device\": \"%s\", \"batch\": %lld, \"prompt_len\": %lld, \"gen_len\": %lld, \"threads\": %d, "
+        "{\"device\": \"%s\", \"precision\": \"%s\", \"batch\": %lld, \"prompt_len\": %lld, \"gen_len\": %lld, \"threads\": %d, "
         "\"layers\": %lld, \"load_seconds\": %.3f, \"prefill_tokens\": %lld, \"prefill_seconds\": %.4f, "
         "\"prefill_tokens_per_s\": %.2f, \"decode_tokens\": %lld, \"decode_seconds\": %.4f, "
         "\"decode_tokens_per_s\": %.2f, \"decode_ms_per_step\": %.3f, \"peak_rss_bytes\": %lld}\n",
-        (*model)->backend().name().c_str(), static_cast<long long>(batch),
+        (*model)->backend().name().c_str(), precision.c_str(), static_cast<long long>(batch),
         static_cast<long long>(prompt_len), static_cast<long long>(gen_len), threads,
         static_cast<long long>((*model)->config().n_layers), load_s,
         static_cast<long long>(stats.prefill_tokens), stats.prefill_seconds, prefill_tps,
