@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/matmul_driver.h"
 
 namespace phimoe::kernels::cpu::internal {
 namespace {
@@ -48,46 +49,29 @@ inline void Tile(const float* x, const bf16_t* w, int64_t k_dim, int64_t n_rows,
   }
 }
 
-template <int R>
-inline void TileCols(int c, const float* x, const bf16_t* w, int64_t k_dim, int64_t n_rows,
-                     float* y, const bf16_t* bias) {
-  switch (c) {
-    case 1:
-      Tile<R, 1>(x, w, k_dim, n_rows, y, bias);
-      break;
-    case 2:
-      Tile<R, 2>(x, w, k_dim, n_rows, y, bias);
-      break;
-    default:
-      Tile<R, 3>(x, w, k_dim, n_rows, y, bias);
-      break;
+struct Kernel {
+  template <int R>
+  static void Cols(int c, const float* x, const bf16_t* w, int64_t k_dim, int64_t n_rows,
+                   float* y, const bf16_t* bias) {
+    switch (c) {
+      case 1:
+        Tile<R, 1>(x, w, k_dim, n_rows, y, bias);
+        break;
+      case 2:
+        Tile<R, 2>(x, w, k_dim, n_rows, y, bias);
+        break;
+      default:
+        Tile<R, 3>(x, w, k_dim, n_rows, y, bias);
+        break;
+    }
   }
-}
+};
 
 }  // namespace
 
 void MatMulBlockAvx2(const float* x, const Bf16Matrix& w, const bf16_t* bias, float* y,
                      int64_t t0, int64_t t1, int64_t r0, int64_t r1) {
-  const int64_t k_dim = w.cols, n_rows = w.rows;
-  constexpr int64_t kTokenBlock = 48;
-  for (int64_t tb = t0; tb < t1; tb += kTokenBlock) {
-    const int64_t te = std::min(t1, tb + kTokenBlock);
-    int64_t r = r0;
-    for (; r + 4 <= r1; r += 4) {
-      for (int64_t t = tb; t < te; t += 3) {
-        const int c = static_cast<int>(std::min<int64_t>(3, te - t));
-        TileCols<4>(c, x + t * k_dim, w.data + r * k_dim, k_dim, n_rows, y + t * n_rows + r,
-                    bias ? bias + r : nullptr);
-      }
-    }
-    for (; r < r1; ++r) {
-      for (int64_t t = tb; t < te; t += 3) {
-        const int c = static_cast<int>(std::min<int64_t>(3, te - t));
-        TileCols<1>(c, x + t * k_dim, w.data + r * k_dim, k_dim, n_rows, y + t * n_rows + r,
-                    bias ? bias + r : nullptr);
-      }
-    }
-  }
+  DriveMatMulBlock<Kernel, 4, 4, 3, 48>(x, w, bias, y, t0, t1, r0, r1);
 }
 
 }  // namespace phimoe::kernels::cpu::internal

@@ -13,6 +13,7 @@
 #include <algorithm>
 
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/matmul_driver.h"
 
 namespace phimoe::kernels::cpu::internal {
 namespace {
@@ -51,57 +52,32 @@ inline void Tile(const float* x, const bf16_t* w, int64_t k_dim, int64_t n_rows,
   }
 }
 
-template <int R>
-inline void TileCols(int c, const float* x, const bf16_t* w, int64_t k_dim, int64_t n_rows,
-                     float* y, const bf16_t* bias) {
-  switch (c) {
-    case 1:
-      Tile<R, 1>(x, w, k_dim, n_rows, y, bias);
-      break;
-    case 2:
-      Tile<R, 2>(x, w, k_dim, n_rows, y, bias);
-      break;
-    case 3:
-      Tile<R, 3>(x, w, k_dim, n_rows, y, bias);
-      break;
-    default:
-      Tile<R, 4>(x, w, k_dim, n_rows, y, bias);
-      break;
+struct Kernel {
+  template <int R>
+  static void Cols(int c, const float* x, const bf16_t* w, int64_t k_dim, int64_t n_rows,
+                   float* y, const bf16_t* bias) {
+    switch (c) {
+      case 1:
+        Tile<R, 1>(x, w, k_dim, n_rows, y, bias);
+        break;
+      case 2:
+        Tile<R, 2>(x, w, k_dim, n_rows, y, bias);
+        break;
+      case 3:
+        Tile<R, 3>(x, w, k_dim, n_rows, y, bias);
+        break;
+      default:
+        Tile<R, 4>(x, w, k_dim, n_rows, y, bias);
+        break;
+    }
   }
-}
+};
 
 }  // namespace
 
 void MatMulBlockAvx512(const float* x, const Bf16Matrix& w, const bf16_t* bias, float* y,
                        int64_t t0, int64_t t1, int64_t r0, int64_t r1) {
-  const int64_t k_dim = w.cols, n_rows = w.rows;
-  constexpr int64_t kTokenBlock = 64;
-  for (int64_t tb = t0; tb < t1; tb += kTokenBlock) {
-    const int64_t te = std::min(t1, tb + kTokenBlock);
-    const bool few_tokens = (te - tb) < 4;
-    const int64_t row_step = few_tokens ? 8 : 4;
-    int64_t r = r0;
-    for (; r + row_step <= r1; r += row_step) {
-      const bf16_t* wr = w.data + r * k_dim;
-      const bf16_t* br = bias ? bias + r : nullptr;
-      for (int64_t t = tb; t < te; t += 4) {
-        const int c = static_cast<int>(std::min<int64_t>(4, te - t));
-        if (few_tokens) {
-          TileCols<8>(c, x + t * k_dim, wr, k_dim, n_rows, y + t * n_rows + r, br);
-        } else {
-          TileCols<4>(c, x + t * k_dim, wr, k_dim, n_rows, y + t * n_rows + r, br);
-        }
-      }
-    }
-    for (; r < r1; ++r) {
-      const bf16_t* wr = w.data + r * k_dim;
-      const bf16_t* br = bias ? bias + r : nullptr;
-      for (int64_t t = tb; t < te; t += 4) {
-        const int c = static_cast<int>(std::min<int64_t>(4, te - t));
-        TileCols<1>(c, x + t * k_dim, wr, k_dim, n_rows, y + t * n_rows + r, br);
-      }
-    }
-  }
+  DriveMatMulBlock<Kernel, 4, 8, 4, 64>(x, w, bias, y, t0, t1, r0, r1);
 }
 
 }  // namespace phimoe::kernels::cpu::internal
