@@ -197,9 +197,10 @@ absl::StatusOr<std::vector<AttentionEngine::StepOutput>> AttentionEngine::Step(
   for (int64_t l = 0; l < config_.n_layers; ++l) {
     const AttentionLayerWeights& lw = w.layers[static_cast<size_t>(l)];
     backend_->LayerNorm(x_.data(), n_tokens, d, lw.input_norm_w, lw.input_norm_b, eps, h_.data());
-    backend_->MatMul(h_.data(), n_tokens, lw.q, lw.q_b, q_.data());
-    backend_->MatMul(h_.data(), n_tokens, lw.k, lw.k_b, k_.data());
-    backend_->MatMul(h_.data(), n_tokens, lw.v, lw.v_b, v_.data());
+    const kernels::MatMulProblem qkv[3] = {{h_.data(), n_tokens, lw.q, lw.q_b, q_.data()},
+                                           {h_.data(), n_tokens, lw.k, lw.k_b, k_.data()},
+                                           {h_.data(), n_tokens, lw.v, lw.v_b, v_.data()}};
+    backend_->MatMulGroup(qkv, 3);
     for (const Plan& p : plans) {
       const int64_t n = p.end - p.start;
       const float* inv = p.use_long ? inv_freq_long_.data() : inv_freq_short_.data();

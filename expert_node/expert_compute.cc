@@ -138,29 +138,41 @@ absl::Status ExpertCompute::Run(int32_t layer, const float* hidden, int64_t n_to
           static_cast<int32_t>(i);
     }
   }
+  // Gather every assignment's row, grouped by expert (row i of the block is order_[i]).
+  const int64_t m = static_cast<int64_t>(assignments.size());
+  rows_.resize(static_cast<size_t>(m * d));
+  gate_.resize(static_cast<size_t>(m * f));
+  up_.resize(static_cast<size_t>(m * f));
+  down_.resize(static_cast<size_t>(m * d));
+  for (int64_t i = 0; i < m; ++i) {
+    const ExpertAssignment& a = assignments[static_cast<size_t>(order_[static_cast<size_t>(i)])];
+    std::copy(hidden + a.token * d, hidden + (a.token + 1) * d, rows_.data() + i * d);
+  }
+  // All experts' gate and up products in one parallel region, SwiGLU, then all down products.
+  problems_.clear();
   for (int64_t e = 0; e < n_exp; ++e) {
-    const int64_t begin = offsets_[static_cast<size_t>(e)], end = offsets_[static_cast<size_t>(e + 1)];
-    const int64_t m = end - begin;
-    if (m == 0) continue;
+    const int64_t begin = offsets_[static_cast<size_t>(e)], n = offsets_[static_cast<size_t>(e + 1)] - begin;
+    if (n == 0) continue;
     const Ffn& ffn = ffn_[static_cast<size_t>(layer * n_exp + e)];
-    rows_.resize(static_cast<size_t>(m * d));
-    gate_.resize(static_cast<size_t>(m * f));
-    up_.resize(static_cast<size_t>(m * f));
-    down_.resize(static_cast<size_t>(m * d));
-    for (int64_t i = 0; i < m; ++i) {
-      const ExpertAssignment& a = assignments[static_cast<size_t>(order_[static_cast<size_t>(begin + i)])];
-      std::copy(hidden + a.token * d, hidden + (a.token + 1) * d, rows_.data() + i * d);
-    }
-    backend_->MatMul(rows_.data(), m, ffn.w1, nullptr, gate_.data());
-    backend_->MatMul(rows_.data(), m, ffn.w3, nullptr, up_.data());
-    backend_->SwiGlu(gate_.data(), up_.data(), m * f, gate_.data());
-    backend_->MatMul(gate_.data(), m, ffn.w2, nullptr, down_.data());
-    for (int64_t i = 0; i < m; ++i) {
-      const ExpertAssignment& a = assignments[static_cast<size_t>(order_[static_cast<size_t>(begin + i)])];
-      float* dst = out + a.token * d;
-      const float* src = down_.data() + i * d;
-      for (int64_t k = 0; k < d; ++k) dst[k] += src[k] * a.weight;
-    }
+    problems_.push_back({rows_.data() + begin * d, n, ffn.w1, nullptr, gate_.data() + begin * f});
+    problems_.push_back({rows_.data() + begin * d, n, ffn.w3, nullptr, up_.data() + begin * f});
+  }
+  backend_->MatMulGroup(problems_.data(), static_cast<int64_t>(problems_.size()));
+  backend_->SwiGlu(gate_.data(), up_.data(), m * f, gate_.data());
+  problems_.clear();
+  for (int64_t e = 0; e < n_exp; ++e) {
+    const int64_t begin = offsets_[static_cast<size_t>(e)], n = offsets_[static_cast<size_t>(e + 1)] - begin;
+    if (n == 0) continue;
+    const Ffn& ffn = ffn_[static_cast<size_t>(layer * n_exp + e)];
+    problems_.push_back({gate_.data() + begin * f, n, ffn.w2, nullptr, down_.data() + begin * d});
+  }
+  backend_->MatMulGroup(problems_.data(), static_cast<int64_t>(problems_.size()));
+  // Scatter with the routing weights, experts in ascending id as the reference sums them.
+  for (int64_t i = 0; i < m; ++i) {
+    const ExpertAssignment& a = assignments[static_cast<size_t>(order_[static_cast<size_t>(i)])];
+    float* dst = out + a.token * d;
+    const float* src = down_.data() + i * d;
+    for (int64_t k = 0; k < d; ++k) dst[k] += src[k] * a.weight;
   }
   return absl::OkStatus();
 }

@@ -75,6 +75,7 @@ class ExpertCompute {
   // Scratch reused across calls.
   std::vector<int32_t> order_, offsets_;
   std::vector<float> rows_, gate_, up_, down_;
+  std::vector<kernels::MatMulProblem> problems_;
 };
 
 }  // namespace phimoe

@@ -31,6 +31,15 @@ struct Bf16Matrix {
   int64_t cols = 0;
 };
 
+// One independent matrix product of a group: y[n_tokens, w.rows] = x[n_tokens, w.cols] · wᵀ (+ bias).
+struct MatMulProblem {
+  const float* x = nullptr;
+  int64_t n_tokens = 0;
+  Bf16Matrix w;
+  const bf16_t* bias = nullptr;
+  float* y = nullptr;
+};
+
 // One layer's slice of the paged KV cache. Element (block b, kv head h, slot o, dim d) of K is at
 // k[b * block_stride + (h * block_size + o) * head_dim + d]; V likewise from `v`.
 struct KvLayerView {
@@ -58,6 +67,10 @@ class Backend {
   // y[n_tokens, w.rows] = x[n_tokens, w.cols] · wᵀ (+ bias[w.rows] when non-null).
   virtual void MatMul(const float* x, int64_t n_tokens, const Bf16Matrix& w, const bf16_t* bias,
                       float* y) = 0;
+
+  // Several independent products at once (q/k/v of a layer, every routed expert's matrices): one
+  // parallel region for the group instead of one per product. Outputs must not overlap inputs.
+  virtual void MatMulGroup(const MatMulProblem* problems, int64_t n_problems) = 0;
 
   // y = LayerNorm(x) row-wise over `dim` (mean and biased variance), times weight plus bias.
   // x and y may alias.

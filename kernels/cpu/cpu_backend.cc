@@ -30,34 +30,91 @@ class CpuBackend final : public Backend {
 
   void MatMul(const float* x, int64_t n_tokens, const Bf16Matrix& w, const bf16_t* bias,
               float* y) override {
-    const int64_t n_x = n_tokens * w.cols;
-    if (precision_ == Precision::kBf16) {
-      x_bf16_.resize(static_cast<size_t>(n_x));
-      cpu::RoundToBf16(x, n_x, x_bf16_.data());
-      if (!bf16_dot_) {  // same numerics without the dot-product instruction
-        x_rounded_.resize(static_cast<size_t>(n_x));
-        for (int64_t i = 0; i < n_x; ++i) x_rounded_[static_cast<size_t>(i)] = Bf16ToFloat(x_bf16_[static_cast<size_t>(i)]);
-        x = x_rounded_.data();
+    MatMulProblem p{x, n_tokens, w, bias, y};
+    MatMulGroup(&p, 1);
+  }
+
+  // Work is cut into (problem, row range) pieces of similar cost; each thread takes a contiguous
+  // run of pieces, so it streams its own stretch of weight memory. Large token counts on narrow
+  // matrices split over tokens instead.
+  void MatMulGroup(const MatMulProblem* problems, int64_t n_problems) override {
+    const bool bf16 = precision_ == Precision::kBf16;
+    // Activations rounded to bf16 once per distinct input.
+    inputs_.clear();
+    if (bf16) {
+      size_t total = 0;
+      for (int64_t i = 0; i < n_problems; ++i) total += static_cast<size_t>(problems[i].n_tokens * problems[i].w.cols);
+      x_bf16_.resize(total);
+      x_rounded_.resize(bf16_dot_ ? 0 : total);
+      size_t off = 0;
+      for (int64_t i = 0; i < n_problems; ++i) {
+        const MatMulProblem& p = problems[i];
+        const int64_t n = p.n_tokens * p.w.cols;
+        size_t at = off;
+        for (const Input& in : inputs_)
+          if (in.x == p.x && in.n == n) at = in.offset;  // same input as an earlier problem
+        if (at == off) {
+          cpu::RoundToBf16(p.x, n, x_bf16_.data() + off);
+          if (!bf16_dot_) {
+            for (int64_t j = 0; j < n; ++j) x_rounded_[off + static_cast<size_t>(j)] = Bf16ToFloat(x_bf16_[off + static_cast<size_t>(j)]);
+          }
+          off += static_cast<size_t>(n);
+        }
+        inputs_.push_back({p.x, n, at});
       }
     }
-    auto block = [&](int64_t t0, int64_t t1, int64_t r0, int64_t r1) {
-      if (bf16_dot_) {
-        cpu::MatMulBlockBf16(x_bf16_.data(), w, bias, y, t0, t1, r0, r1);
+    auto block = [&](int64_t i, int64_t t0, int64_t t1, int64_t r0, int64_t r1) {
+      const MatMulProblem& p = problems[i];
+      if (bf16) {
+        const size_t at = inputs_[static_cast<size_t>(i)].offset;
+        if (bf16_dot_) {
+          cpu::MatMulBlockBf16(x_bf16_.data() + at, p.w, p.bias, p.y, t0, t1, r0, r1);
+        } else {
+          cpu::MatMulBlock(isa_, x_rounded_.data() + at, p.w, p.bias, p.y, t0, t1, r0, r1);
+        }
       } else {
-        cpu::MatMulBlock(isa_, x, w, bias, y, t0, t1, r0, r1);
+        cpu::MatMulBlock(isa_, p.x, p.w, p.bias, p.y, t0, t1, r0, r1);
       }
     };
-    const int64_t work = n_tokens * w.rows * w.cols;
-    if (work < kSerialWork || pool_.size() == 1) {
-      block(0, n_tokens, 0, w.rows);
+    int64_t work = 0;
+    for (int64_t i = 0; i < n_problems; ++i) work += problems[i].n_tokens * problems[i].w.rows * problems[i].w.cols;
+    const int n_threads = pool_.size();
+    if (work < kSerialWork || n_threads == 1) {
+      for (int64_t i = 0; i < n_problems; ++i) block(i, 0, problems[i].n_tokens, 0, problems[i].w.rows);
       return;
     }
-    if (w.rows >= 64 * pool_.size() || n_tokens < 2 * pool_.size()) {
-      // Split weight rows: each thread streams its own part of the matrix.
-      pool_.ParallelFor(w.rows, 8, [&](int64_t r0, int64_t r1) { block(0, n_tokens, r0, r1); });
-    } else {
-      pool_.ParallelFor(n_tokens, 4, [&](int64_t t0, int64_t t1) { block(t0, t1, 0, w.rows); });
+    if (n_problems == 1 && problems[0].w.rows < 64 * n_threads && problems[0].n_tokens >= 2 * n_threads) {
+      const MatMulProblem& p = problems[0];
+      pool_.ParallelFor(p.n_tokens, 4, [&](int64_t t0, int64_t t1) { block(0, t0, t1, 0, p.w.rows); });
+      return;
     }
+    // Pieces of 8 rows; cost ∝ rows × (tokens + 1) × cols (the +1: streaming the weights).
+    pieces_.clear();
+    int64_t total_cost = 0;
+    for (int64_t i = 0; i < n_problems; ++i) {
+      const MatMulProblem& p = problems[i];
+      for (int64_t r = 0; r < p.w.rows; r += 8) {
+        const int64_t r1 = std::min(p.w.rows, r + 8);
+        total_cost += (r1 - r) * (p.n_tokens + 1) * p.w.cols;
+        pieces_.push_back({i, r, r1, total_cost});
+      }
+    }
+    pool_.Run([&](int t, int nt) {
+      const int64_t lo = total_cost * t / nt, hi = total_cost * (t + 1) / nt;
+      // Pieces whose cumulative end falls in (lo, hi]; merge consecutive rows of one problem.
+      auto it = std::upper_bound(pieces_.begin(), pieces_.end(), lo,
+                                 [](int64_t v, const Piece& p) { return v < p.cum_end; });
+      while (it != pieces_.end() && it->cum_end <= hi) {
+        const int64_t i = it->problem, r0 = it->r0;
+        int64_t r1 = it->r1;
+        ++it;
+        while (it != pieces_.end() && it->cum_end <= hi && it->problem == i && it->r0 == r1) {
+          r1 = it->r1;
+          ++it;
+        }
+        block(i, 0, problems[i].n_tokens, r0, r1);
+      }
+    });
   }
 
   void LayerNorm(const float* x, int64_t n_tokens, int64_t dim, const bf16_t* weight,
@@ -124,6 +181,16 @@ class CpuBackend final : public Backend {
   std::vector<std::vector<float>> scratch_;
   std::vector<bf16_t> x_bf16_;
   std::vector<float> x_rounded_;
+  struct Input {
+    const float* x;
+    int64_t n;
+    size_t offset;  // of its bf16 copy in x_bf16_ / x_rounded_
+  };
+  std::vector<Input> inputs_;  // one per problem
+  struct Piece {
+    int64_t problem, r0, r1, cum_end;
+  };
+  std::vector<Piece> pieces_;
 };
 
 }  // namespace

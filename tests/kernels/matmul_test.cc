@@ -132,3 +132,45 @@ TEST(MatMulBf16Test, MatchesReferenceOnRoundedActivations) {
 
 }  // namespace
 }  // namespace phimoe::kernels
+
+namespace phimoe::kernels {
+namespace {
+
+// A group of products (shared and distinct inputs, tiny and large) equals each product alone.
+TEST(MatMulGroupTest, EqualsProductsOneByOne) {
+  for (Precision precision : {Precision::kFp32, Precision::kBf16}) {
+    for (int threads : {1, 2, 3}) {
+      auto backend = CreateCpuBackend(threads, precision);
+      auto alone = CreateCpuBackend(1, precision);
+      const Shape shapes[] = {{1, 300, 64}, {1, 64, 64}, {5, 17, 64}, {3, 1000, 96}, {40, 8, 96}};
+      std::vector<std::vector<float>> xs, ys, want;
+      std::vector<std::vector<bf16_t>> ws, bs;
+      std::vector<MatMulProblem> problems;
+      uint32_t seed = 100;
+      for (const Shape& s : shapes) {
+        xs.push_back(testing::RandomFloats(static_cast<size_t>(s.tokens * s.cols), seed++));
+        ws.push_back(testing::RandomBf16(static_cast<size_t>(s.rows * s.cols), seed++, 0.1f));
+        bs.push_back(testing::RandomBf16(static_cast<size_t>(s.rows), seed++));
+        ys.emplace_back(static_cast<size_t>(s.tokens * s.rows), NAN);
+        want.emplace_back(static_cast<size_t>(s.tokens * s.rows), NAN);
+      }
+      for (size_t i = 0; i < std::size(shapes); ++i) {
+        // Problems 0 and 1 share their input, as q/k/v do.
+        const float* x = i == 1 ? xs[0].data() : xs[i].data();
+        Bf16Matrix m{ws[i].data(), shapes[i].rows, shapes[i].cols};
+        problems.push_back({x, shapes[i].tokens, m, i % 2 ? bs[i].data() : nullptr, ys[i].data()});
+        alone->MatMul(x, shapes[i].tokens, m, problems.back().bias, want[i].data());
+      }
+      backend->MatMulGroup(problems.data(), static_cast<int64_t>(problems.size()));
+      for (size_t i = 0; i < problems.size(); ++i) {
+        for (size_t j = 0; j < ys[i].size(); ++j) {
+          ASSERT_NEAR(ys[i][j], want[i][j], 1e-4 * (1 + std::fabs(want[i][j])))
+              << "problem " << i << " threads " << threads << " " << backend->name();
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace phimoe::kernels
