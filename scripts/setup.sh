@@ -24,3 +24,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 echo "setup: build dependencies present"
+
+# The demo's Phi-3.5 tokenizer, built from the npm package llama-tokenizer-js (no Hugging Face
+# access needed); tests that need it find it at .cache/phi35-demo-tokenizer.
+bash "$(dirname "$0")/build_demo_tokenizer.sh" "$(cd "$(dirname "$0")/.." && pwd)/.cache/phi35-demo-tokenizer"
