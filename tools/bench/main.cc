@@ -116,7 +116,7 @@ int Bandwidth(int threads, bool json) {
 
 int Main(int argc, char** argv) {
   std::string model_dir, load_only;
-  int64_t batch = 1, prompt_len = 128, gen_len = 32, layers = 0, seed = 1, chunk = 512;
+  int64_t batch = 1, prompt_len = 128, gen_len = 32, layers = 0, seed = 1, chunk = 512, warmup = 1;
   bool json = false, bandwidth = false;
   std::string precision = "fp32";
   CommonFlags common;
@@ -134,6 +134,8 @@ int Main(int argc, char** argv) {
   flags.AddInt("layers", &layers, "run only the first N layers (0 = all)");
   flags.AddInt("chunk", &chunk, "prefill chunk per sequence per step");
   flags.AddInt("seed", &seed, "seed of the random prompts");
+  flags.AddInt("warmup", &warmup,
+               "untimed runs of the same shape first (they page the weights in and size the buffers)");
   flags.AddString("load-only", &load_only, "\"attention\": only measure loading the attention side");
   flags.AddBool("json", &json, "print one JSON object");
   flags.AddBool("bandwidth", &bandwidth, "only measure this machine's streaming-read bandwidth");
@@ -182,6 +184,12 @@ int Main(int argc, char** argv) {
   GenerateOptions gen;
   gen.max_new_tokens = gen_len;
   gen.prefill_chunk = chunk;
+  for (int64_t i = 0; i < warmup; ++i) {
+    if (auto w = (*model)->Generate(prompts, gen); !w.ok()) {
+      std::fprintf(stderr, "phimoe-bench: %s\n", w.status().ToString().c_str());
+      return 1;
+    }
+  }
   GenerateStats stats;
   auto out = (*model)->Generate(prompts, gen, &stats);
   if (!out.ok()) {

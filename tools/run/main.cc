@@ -9,12 +9,14 @@
 #include "absl/strings/str_join.h"
 #include "attention_node/local_model.h"
 #include "common/flags.h"
+#include "gateway/tokenizer/tokenizer.h"
 
 namespace phimoe {
 namespace {
 
 int Main(int argc, char** argv) {
-  std::string model_dir, prompt_ids, prompt_text;
+  std::string model_dir, prompt_ids, prompt_text, tokenizer_dir;
+  bool chat = false;
   int64_t max_tokens = 32, top_k = 0, seed = 0, kv_blocks = 0;
   double temperature = 0.0, top_p = 1.0;
   bool json = false, no_stop = false;
@@ -28,7 +30,10 @@ int Main(int argc, char** argv) {
                    "or at a stop id (32000, 32001, 32007) unless --no-stop.");
   flags.AddString("model", &model_dir, "model folder (config.json + safetensors)");
   flags.AddString("prompt-ids", &prompt_ids, "prompt as comma-separated token ids");
-  flags.AddString("prompt", &prompt_text, "prompt text (needs the model folder's tokenizer)");
+  flags.AddString("prompt", &prompt_text, "prompt text (tokenized with --tokenizer)");
+  flags.AddBool("chat", &chat, "wrap --prompt as one user turn of the Phi-3.5 chat template");
+  flags.AddString("tokenizer", &tokenizer_dir,
+                  "tokenizer folder (tokenizer.json, ...) [default: the model folder]");
   flags.AddInt("max-tokens", &max_tokens, "tokens to generate");
   flags.AddDouble("temperature", &temperature, "sampling temperature (0 = greedy)");
   flags.AddInt("top-k", &top_k, "sample among the k most likely (0 = off)");
@@ -52,18 +57,36 @@ int Main(int argc, char** argv) {
     return 2;
   }
   std::vector<int32_t> prompt;
+  if (prompt_text.empty() == prompt_ids.empty()) {
+    std::fprintf(stderr, "phimoe-run: give exactly one of --prompt and --prompt-ids\n");
+    return 2;
+  }
+  // The tokenizer is optional with --prompt-ids (then ids are printed without text).
+  std::unique_ptr<tokenizer::Tokenizer> tok;
+  if (tokenizer_dir.empty()) tokenizer_dir = model_dir;
+  if (auto t = tokenizer::Tokenizer::Load(tokenizer_dir); t.ok()) {
+    tok = std::move(*t);
+  } else if (!prompt_text.empty() || flags.WasSet("tokenizer")) {
+    std::fprintf(stderr, "phimoe-run: %s\n", t.status().ToString().c_str());
+    return 1;
+  }
   if (!prompt_text.empty()) {
-    std::fprintf(stderr,
-                 "phimoe-run: --prompt TEXT needs the tokenizer library, which this build does not link "
-                 "yet; pass --prompt-ids\n");
-    return 2;
+    absl::StatusOr<std::vector<int32_t>> enc =
+        chat ? tok->EncodeChat({{"user", prompt_text}}, /*add_generation_prompt=*/true)
+             : tok->Encode(prompt_text);
+    if (!enc.ok()) {
+      std::fprintf(stderr, "phimoe-run: --prompt: %s\n", enc.status().ToString().c_str());
+      return 2;
+    }
+    prompt = std::move(*enc);
+  } else {
+    std::vector<int64_t> ids;
+    if (absl::Status s = ParseIntList(prompt_ids, &ids); !s.ok()) {
+      std::fprintf(stderr, "phimoe-run: --prompt-ids: %s\n", std::string(s.message()).c_str());
+      return 2;
+    }
+    for (int64_t id : ids) prompt.push_back(static_cast<int32_t>(id));
   }
-  std::vector<int64_t> ids;
-  if (absl::Status s = ParseIntList(prompt_ids, &ids); !s.ok()) {
-    std::fprintf(stderr, "phimoe-run: --prompt-ids: %s\n", std::string(s.message()).c_str());
-    return 2;
-  }
-  for (int64_t id : ids) prompt.push_back(static_cast<int32_t>(id));
 
   const auto t0 = std::chrono::steady_clock::now();
   LocalModelOptions opts;
@@ -77,6 +100,7 @@ int Main(int argc, char** argv) {
     return 2;
   }
   opts.engine.kv_blocks = kv_blocks;
+  if (tok) opts.engine.n_valid_tokens = static_cast<int64_t>(tok->vocab_size());
   auto model = LocalModel::Open(opts);
   if (!model.ok()) {
     std::fprintf(stderr, "phimoe-run: %s\n", model.status().ToString().c_str());
@@ -89,7 +113,10 @@ int Main(int argc, char** argv) {
   gen.sampling.top_k = static_cast<int32_t>(top_k);
   gen.sampling.top_p = static_cast<float>(top_p);
   gen.sampling.seed = static_cast<uint64_t>(seed);
-  if (!no_stop) gen.stop_ids = {32000, 32001, 32007};
+  if (!no_stop) {
+    gen.stop_ids = {32000, 32001, 32007};
+    if (tok) gen.stop_ids = tok->stop_token_ids();
+  }
   GenerateStats stats;
   if (!json) std::printf("generated:");
   auto out = (*model)->Generate({prompt}, gen, &stats, [&](size_t, int32_t id) {
@@ -110,7 +137,25 @@ int Main(int argc, char** argv) {
         "\"decode_tokens_per_s\": %.2f, \"device\": \"%s\"}\n",
         absl::StrJoin((*out)[0], ", ").c_str(), prompt.size(), load_s, prefill_tps, decode_tps,
         (*model)->backend().name().c_str());
+    if (tok) {
+      // The decoded text as its own JSON line (the tokenizer's text may need escaping).
+      std::string text = tok->Decode((*out)[0]), escaped;
+      for (unsigned char c : text) {
+        if (c == '"' || c == '\\') {
+          escaped += '\\';
+          escaped += static_cast<char>(c);
+        } else if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          escaped += buf;
+        } else {
+          escaped += static_cast<char>(c);
+        }
+      }
+      std::printf("{\"text\": \"%s\"}\n", escaped.c_str());
+    }
   } else {
+    if (tok) std::printf("\ntext: %s", tok->Decode((*out)[0]).c_str());
     std::printf("\n%zu prompt tokens, %zu generated on %s; load %.2f s, prefill %.1f tok/s, decode %.1f tok/s\n",
                 prompt.size(), (*out)[0].size(), (*model)->backend().name().c_str(), load_s,
                 prefill_tps, decode_tps);
