@@ -14,9 +14,11 @@ if [ ! -f "$model/config.json" ] || [ ! -f "$model/model.safetensors" ]; then
   ./build/bin/phimoe-make-checkpoint --preset mini --seed 1 --out "$model" --force
 fi
 
+tok=".cache/phi35-demo-tokenizer"   # built by setup.sh from the npm package llama-tokenizer-js
+prompt="Write a haiku about mixture-of-experts models."
 echo "== greedy generation, single process, fp32 activations (the reference path)"
-./build/bin/phimoe-run --model "$model" --prompt-ids 1,32010,22172,29892,920,526,366,29973,32007,32001 \
-  --max-tokens 32 --no-stop
+echo "   (random weights: the reply is gibberish; the point is the pipeline and its speed)"
+./build/bin/phimoe-run --model "$model" --tokenizer "$tok" --chat --prompt "$prompt" --max-tokens 32 --no-stop
 echo "== the same with bf16 activations (faster; ~1e-2 relative logit error)"
-./build/bin/phimoe-run --model "$model" --prompt-ids 1,32010,22172,29892,920,526,366,29973,32007,32001 \
-  --max-tokens 32 --no-stop --precision bf16
+./build/bin/phimoe-run --model "$model" --tokenizer "$tok" --chat --prompt "$prompt" --max-tokens 32 --no-stop \
+  --precision bf16
