@@ -24,45 +24,30 @@ inline float HorizontalSum(__m256 v) {
   return _mm_cvtss_f32(lo);
 }
 
-template <int R, int C>
-inline void Tile(const float* x, const bf16_t* w, int64_t k_dim, int64_t n_rows, float* y,
-                 const bf16_t* bias) {
-  __m256 acc[R][C];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
-  int64_t k = 0;
-  for (; k + 8 <= k_dim; k += 8) {
-    __m256 xv[C];
-    for (int c = 0; c < C; ++c) xv[c] = _mm256_loadu_ps(x + c * k_dim + k);
-    for (int r = 0; r < R; ++r) {
-      __m256 wv = WidenBf16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + r * k_dim + k)));
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    const float b = bias ? Bf16ToFloat(bias[r]) : 0.0f;
-    for (int c = 0; c < C; ++c) {
-      float sum = HorizontalSum(acc[r][c]);
-      for (int64_t kk = k; kk < k_dim; ++kk) sum += x[c * k_dim + kk] * Bf16ToFloat(w[r * k_dim + kk]);
-      y[c * n_rows + r] = sum + b;
-    }
-  }
-}
-
+// The register tile: R weight rows × C tokens.
 struct Kernel {
-  template <int R>
-  static void Cols(int c, const float* x, const bf16_t* w, int64_t k_dim, int64_t n_rows,
-                   float* y, const bf16_t* bias) {
-    switch (c) {
-      case 1:
-        Tile<R, 1>(x, w, k_dim, n_rows, y, bias);
-        break;
-      case 2:
-        Tile<R, 2>(x, w, k_dim, n_rows, y, bias);
-        break;
-      default:
-        Tile<R, 3>(x, w, k_dim, n_rows, y, bias);
-        break;
+  template <int R, int C>
+  static void Tile(const float* x, const bf16_t* w, int64_t k_dim, int64_t n_rows, float* y,
+                   const bf16_t* bias) {
+    __m256 acc[R][C];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 8 <= k_dim; k += 8) {
+      __m256 xv[C];
+      for (int c = 0; c < C; ++c) xv[c] = _mm256_loadu_ps(x + c * k_dim + k);
+      for (int r = 0; r < R; ++r) {
+        __m256 wv = WidenBf16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + r * k_dim + k)));
+        for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const float b = bias ? Bf16ToFloat(bias[r]) : 0.0f;
+      for (int c = 0; c < C; ++c) {
+        float sum = HorizontalSum(acc[r][c]);
+        for (int64_t kk = k; kk < k_dim; ++kk) sum += x[c * k_dim + kk] * Bf16ToFloat(w[r * k_dim + kk]);
+        y[c * n_rows + r] = sum + b;
+      }
     }
   }
 };

@@ -22,53 +22,35 @@ inline __m512 WidenBf16(__m256i v) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
 }
 
-template <int R, int C>
-inline void Tile(const float* x, const bf16_t* w, int64_t k_dim, int64_t n_rows, float* y,
-                 const bf16_t* bias) {
-  __m512 acc[R][C];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
-  int64_t k = 0;
-  for (; k + 16 <= k_dim; k += 16) {
-    __m512 xv[C];
-    for (int c = 0; c < C; ++c) xv[c] = _mm512_loadu_ps(x + c * k_dim + k);
-    for (int r = 0; r < R; ++r) {
-      __m512 wv = WidenBf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * k_dim + k)));
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
-    }
-  }
-  if (k < k_dim) {
-    const __mmask16 m = static_cast<__mmask16>((1u << (k_dim - k)) - 1u);
-    __m512 xv[C];
-    for (int c = 0; c < C; ++c) xv[c] = _mm512_maskz_loadu_ps(m, x + c * k_dim + k);
-    for (int r = 0; r < R; ++r) {
-      __m512 wv = WidenBf16(_mm256_maskz_loadu_epi16(m, w + r * k_dim + k));
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    const float b = bias ? Bf16ToFloat(bias[r]) : 0.0f;
-    for (int c = 0; c < C; ++c) y[c * n_rows + r] = _mm512_reduce_add_ps(acc[r][c]) + b;
-  }
-}
-
+// The register tile: R weight rows × C tokens.
 struct Kernel {
-  template <int R>
-  static void Cols(int c, const float* x, const bf16_t* w, int64_t k_dim, int64_t n_rows,
-                   float* y, const bf16_t* bias) {
-    switch (c) {
-      case 1:
-        Tile<R, 1>(x, w, k_dim, n_rows, y, bias);
-        break;
-      case 2:
-        Tile<R, 2>(x, w, k_dim, n_rows, y, bias);
-        break;
-      case 3:
-        Tile<R, 3>(x, w, k_dim, n_rows, y, bias);
-        break;
-      default:
-        Tile<R, 4>(x, w, k_dim, n_rows, y, bias);
-        break;
+  template <int R, int C>
+  static void Tile(const float* x, const bf16_t* w, int64_t k_dim, int64_t n_rows, float* y,
+                   const bf16_t* bias) {
+    __m512 acc[R][C];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= k_dim; k += 16) {
+      __m512 xv[C];
+      for (int c = 0; c < C; ++c) xv[c] = _mm512_loadu_ps(x + c * k_dim + k);
+      for (int r = 0; r < R; ++r) {
+        __m512 wv = WidenBf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + r * k_dim + k)));
+        for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
+      }
+    }
+    if (k < k_dim) {
+      const __mmask16 m = static_cast<__mmask16>((1u << (k_dim - k)) - 1u);
+      __m512 xv[C];
+      for (int c = 0; c < C; ++c) xv[c] = _mm512_maskz_loadu_ps(m, x + c * k_dim + k);
+      for (int r = 0; r < R; ++r) {
+        __m512 wv = WidenBf16(_mm256_maskz_loadu_epi16(m, w + r * k_dim + k));
+        for (int c = 0; c < C; ++c) acc[r][c] = _mm512_fmadd_ps(wv, xv[c], acc[r][c]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const float b = bias ? Bf16ToFloat(bias[r]) : 0.0f;
+      for (int c = 0; c < C; ++c) y[c * n_rows + r] = _mm512_reduce_add_ps(acc[r][c]) + b;
     }
   }
 };

@@ -18,53 +18,35 @@
 namespace phimoe::kernels::cpu::internal {
 namespace {
 
-template <int R, int C>
-inline void Tile(const bf16_t* x, const bf16_t* w, int64_t k_dim, int64_t n_rows, float* y,
-                 const bf16_t* bias) {
-  __m512 acc[R][C];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
-  int64_t k = 0;
-  for (; k + 32 <= k_dim; k += 32) {
-    __m512bh xv[C];
-    for (int c = 0; c < C; ++c) xv[c] = (__m512bh)_mm512_loadu_si512(x + c * k_dim + k);
-    for (int r = 0; r < R; ++r) {
-      const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + r * k_dim + k);
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], wv, xv[c]);
-    }
-  }
-  if (k < k_dim) {
-    const __mmask32 m = static_cast<__mmask32>((uint64_t{1} << (k_dim - k)) - 1u);
-    __m512bh xv[C];
-    for (int c = 0; c < C; ++c) xv[c] = (__m512bh)_mm512_maskz_loadu_epi16(m, x + c * k_dim + k);
-    for (int r = 0; r < R; ++r) {
-      const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(m, w + r * k_dim + k);
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], wv, xv[c]);
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    const float b = bias ? Bf16ToFloat(bias[r]) : 0.0f;
-    for (int c = 0; c < C; ++c) y[c * n_rows + r] = _mm512_reduce_add_ps(acc[r][c]) + b;
-  }
-}
-
+// The register tile: R weight rows × C tokens.
 struct Kernel {
-  template <int R>
-  static void Cols(int c, const bf16_t* x, const bf16_t* w, int64_t k_dim, int64_t n_rows,
-                   float* y, const bf16_t* bias) {
-    switch (c) {
-      case 1:
-        Tile<R, 1>(x, w, k_dim, n_rows, y, bias);
-        break;
-      case 2:
-        Tile<R, 2>(x, w, k_dim, n_rows, y, bias);
-        break;
-      case 3:
-        Tile<R, 3>(x, w, k_dim, n_rows, y, bias);
-        break;
-      default:
-        Tile<R, 4>(x, w, k_dim, n_rows, y, bias);
-        break;
+  template <int R, int C>
+  static void Tile(const bf16_t* x, const bf16_t* w, int64_t k_dim, int64_t n_rows, float* y,
+                   const bf16_t* bias) {
+    __m512 acc[R][C];
+    for (int r = 0; r < R; ++r)
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 32 <= k_dim; k += 32) {
+      __m512bh xv[C];
+      for (int c = 0; c < C; ++c) xv[c] = (__m512bh)_mm512_loadu_si512(x + c * k_dim + k);
+      for (int r = 0; r < R; ++r) {
+        const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + r * k_dim + k);
+        for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], wv, xv[c]);
+      }
+    }
+    if (k < k_dim) {
+      const __mmask32 m = static_cast<__mmask32>((uint64_t{1} << (k_dim - k)) - 1u);
+      __m512bh xv[C];
+      for (int c = 0; c < C; ++c) xv[c] = (__m512bh)_mm512_maskz_loadu_epi16(m, x + c * k_dim + k);
+      for (int r = 0; r < R; ++r) {
+        const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(m, w + r * k_dim + k);
+        for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], wv, xv[c]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const float b = bias ? Bf16ToFloat(bias[r]) : 0.0f;
+      for (int c = 0; c < C; ++c) y[c * n_rows + r] = _mm512_reduce_add_ps(acc[r][c]) + b;
     }
   }
 };

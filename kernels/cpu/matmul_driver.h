@@ -1,9 +1,9 @@
 // The blocking shared by every ISA's matrix product: tokens in blocks that stay in L2, weight rows
 // in register-tile steps, tokens in register-tile columns. Include it inside an ISA's
 // `#pragma GCC target` region after defining `Kernel`, a type with
-//   template <int R> static void Cols(int c, const XT* x, const bf16_t* w, int64_t k_dim,
-//                                     int64_t n_rows, float* y, const bf16_t* bias);
-// computing an R-row × c-token tile. Nothing here is ISA-specific.
+//   template <int R, int C> static void Tile(const XT* x, const bf16_t* w, int64_t k_dim,
+//                                            int64_t n_rows, float* y, const bf16_t* bias);
+// computing an R-row × C-token register tile. Nothing here is ISA-specific.
 #pragma once
 
 #include <algorithm>
@@ -12,6 +12,19 @@
 #include "kernels/backend.h"
 
 namespace phimoe::kernels::cpu::internal {
+
+// Kernel::Tile<R, c> for a run-time c in [1, C].
+template <typename Kernel, int R, int C, typename XT>
+inline void TileUpTo(int c, const XT* x, const bf16_t* w, int64_t k_dim, int64_t n_rows, float* y,
+                     const bf16_t* bias) {
+  if constexpr (C > 1) {
+    if (c < C) {
+      TileUpTo<Kernel, R, C - 1>(c, x, w, k_dim, n_rows, y, bias);
+      return;
+    }
+  }
+  Kernel::template Tile<R, C>(x, w, k_dim, n_rows, y, bias);
+}
 
 // kRows: rows per tile; kFewRows: rows per tile when a token block has fewer than kCols tokens
 // (a matrix-vector product wants more independent rows in flight); kCols: tokens per tile.
@@ -29,10 +42,10 @@ inline void DriveMatMulBlock(const XT* x, const Bf16Matrix& w, const bf16_t* bia
         const int c = static_cast<int>(std::min<int64_t>(kCols, te - t));
         const bf16_t* br = bias ? bias + r : nullptr;
         if (few_tokens) {
-          Kernel::template Cols<kFewRows>(c, x + t * k_dim, w.data + r * k_dim, k_dim, n_rows,
+          TileUpTo<Kernel, kFewRows, kCols>(c, x + t * k_dim, w.data + r * k_dim, k_dim, n_rows,
                                           y + t * n_rows + r, br);
         } else {
-          Kernel::template Cols<kRows>(c, x + t * k_dim, w.data + r * k_dim, k_dim, n_rows,
+          TileUpTo<Kernel, kRows, kCols>(c, x + t * k_dim, w.data + r * k_dim, k_dim, n_rows,
                                        y + t * n_rows + r, br);
         }
       }
@@ -40,7 +53,7 @@ inline void DriveMatMulBlock(const XT* x, const Bf16Matrix& w, const bf16_t* bia
     for (; r < r1; ++r) {
       for (int64_t t = tb; t < te; t += kCols) {
         const int c = static_cast<int>(std::min<int64_t>(kCols, te - t));
-        Kernel::template Cols<1>(c, x + t * k_dim, w.data + r * k_dim, k_dim, n_rows,
+        TileUpTo<Kernel, 1, kCols>(c, x + t * k_dim, w.data + r * k_dim, k_dim, n_rows,
                                  y + t * n_rows + r, bias ? bias + r : nullptr);
       }
     }
