@@ -11,6 +11,26 @@
 #include "gateway/tokenizer/utf8.h"
 
 namespace phimoe::tokenizer {
+
+int ParseBytePiece(std::string_view token) {
+  if (token.size() != 6 || token.compare(0, 3, "<0x") != 0 || token[5] != '>') return -1;
+  int value = 0;
+  for (int k = 3; k < 5; ++k) {
+    const char c = token[k];
+    value <<= 4;
+    if (c >= '0' && c <= '9') {
+      value |= c - '0';
+    } else if (c >= 'A' && c <= 'F') {
+      value |= c - 'A' + 10;
+    } else if (c >= 'a' && c <= 'f') {
+      value |= c - 'a' + 10;
+    } else {
+      return -1;
+    }
+  }
+  return value;
+}
+
 namespace {
 
 constexpr std::string_view kMarker = "\xE2\x96\x81";  // "▁" U+2581, sentencepiece's space
@@ -58,25 +78,7 @@ absl::StatusOr<BpeModel> BpeModel::Build(const TokenizerFiles& files) {
         m.astral_char_id_[cp] = static_cast<int32_t>(id);
       }
     }
-    // Byte pieces are exactly "<0xXX>" with upper-case hex, as tokenizers formats them.
-    if (p.size() == 6 && p.compare(0, 3, "<0x") == 0 && p[5] == '>') {
-      int value = 0;
-      bool ok = true;
-      for (int k = 3; k < 5; ++k) {
-        const char c = p[k];
-        value <<= 4;
-        if (c >= '0' && c <= '9') {
-          value |= c - '0';
-        } else if (c >= 'A' && c <= 'F') {
-          value |= c - 'A' + 10;
-        } else if (c >= 'a' && c <= 'f') {
-          value |= c - 'a' + 10;  // ByteFallback decoding accepts lower case too
-        } else {
-          ok = false;
-        }
-      }
-      if (ok) m.piece_byte_[id] = static_cast<int16_t>(value);
-    }
+    if (const int byte = ParseBytePiece(p); byte >= 0) m.piece_byte_[id] = static_cast<int16_t>(byte);
   }
   // Encoding looks byte pieces up by their canonical upper-case spelling only.
   for (int b = 0; b < 256; ++b) {

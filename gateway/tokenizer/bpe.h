@@ -19,6 +19,10 @@
 
 namespace phimoe::tokenizer {
 
+// The byte of a byte-fallback piece "<0xHH>" (upper or lower case hex, as ByteFallback
+// decoding accepts), or -1 when `piece` is not one.
+int ParseBytePiece(std::string_view piece);
+
 class BpeModel {
  public:
   // Builds the lookup tables. INVALID_ARGUMENT when a merge names a piece not in the vocabulary,

@@ -24,25 +24,6 @@ std::string ReplaceAllLiteral(const std::string& in, const std::string& from,
   return out;
 }
 
-// ByteFallback recognises any 6-character "<0xHH>" (upper or lower case hex) after Replace.
-int ParseBytePiece(const std::string& token) {
-  if (token.size() != 6 || token.compare(0, 3, "<0x") != 0 || token[5] != '>') return -1;
-  int value = 0;
-  for (int k = 3; k < 5; ++k) {
-    const char c = token[k];
-    value <<= 4;
-    if (c >= '0' && c <= '9') {
-      value |= c - '0';
-    } else if (c >= 'A' && c <= 'F') {
-      value |= c - 'A' + 10;
-    } else if (c >= 'a' && c <= 'f') {
-      value |= c - 'a' + 10;
-    } else {
-      return -1;
-    }
-  }
-  return value;
-}
 
 }  // namespace
 
