@@ -24,7 +24,8 @@ namespace phimoe {
 
 struct RemoteDispatcherOptions {
   std::vector<std::string> expert_nodes;             // host:port, as given to --expert-nodes
-  absl::Duration dispatch_timeout = absl::Seconds(10);  // per layer dispatch (all nodes)
+  // Per layer dispatch (all nodes); a failed node's part re-planned onto replicas gets its own.
+  absl::Duration dispatch_timeout = absl::Seconds(10);
   absl::Duration startup_timeout = absl::Seconds(30);   // waiting for nodes at Create
   bool bf16_wire = false;  // send hidden states and outputs as bf16 (default f32: exact)
 };
@@ -36,7 +37,7 @@ struct DispatchStats {
   int64_t bytes_received = 0;
   std::vector<double> round_trip_seconds;  // one sample per layer dispatch (most recent 100k)
   std::vector<int64_t> tokens_per_expert;  // [layer * n_experts + expert]: tokens routed so far
-  int64_t replica_retries = 0;
+  int64_t replica_retries = 0;  // failed nodes' parts re-planned onto replicas
   int64_t node_down_events = 0;
   int64_t node_up_events = 0;
 };
@@ -55,7 +56,8 @@ class RemoteDispatcher : public ExpertDispatcher {
 
   // True while every (layer, expert) has at least one node up.
   bool AllExpertsServed() const;
-  // Called (from any thread) whenever AllExpertsServed() changes.
+  // Called whenever AllExpertsServed() changes (from the dispatcher's background thread, one call
+  // at a time; it may call this object's methods except Dispatch).
   void SetServingCallback(std::function<void(bool)> callback);
   DispatchStats stats() const;
 
