@@ -1,6 +1,8 @@
 // Single-process mode: the attention engine and an expert compute hosting every expert, joined by
 // the in-process dispatcher, on one backend. Used by phimoe-run, phimoe-bench, phimoe-golden and
-// tests; the mesh wires the same attention engine to remote experts instead.
+// tests. With `remote_experts` set, the same loop runs against experts served elsewhere (the tools'
+// --expert-nodes): the caller supplies the dispatcher, so this library stays free of gRPC, and no
+// expert tensor is mapped.
 #pragma once
 
 #include <functional>
@@ -18,6 +20,12 @@
 
 namespace phimoe {
 
+// Makes the dispatcher for experts served outside this process. Gets the checkpoint's config as
+// read from config.json (all layers, whatever LocalModelOptions::layers says), since that is the
+// identity expert nodes compare against.
+using ExpertDispatcherFactory =
+    std::function<absl::StatusOr<std::unique_ptr<ExpertDispatcher>>(const ModelConfig&)>;
+
 struct LocalModelOptions {
   std::string model_dir;
   std::string device = "cpu";
@@ -25,6 +33,9 @@ struct LocalModelOptions {
   kernels::Precision precision = kernels::Precision::kFp32;
   int64_t layers = 0;  // 0: all; otherwise run only the first N layers (reduced-depth benchmarks)
   EngineOptions engine;
+  // Unset: every expert is computed in process. Set: Open calls it once and the engine dispatches
+  // through what it returns (the LocalModel owns it); expert weights are then never mapped.
+  ExpertDispatcherFactory remote_experts;
 };
 
 struct GenerateOptions {
@@ -50,6 +61,8 @@ class LocalModel {
   AttentionEngine& engine() { return *engine_; }
   const ModelConfig& config() const { return config_; }
   kernels::Backend& backend() { return *backend_; }
+  // The dispatcher the engine calls (in process, or the one remote_experts made).
+  ExpertDispatcher& dispatcher() { return *dispatcher_; }
 
   // Runs the prompts as one batch to completion; returns each prompt's generated ids.
   // `on_token(index, id)` is called as tokens are produced.
@@ -64,7 +77,7 @@ class LocalModel {
   std::unique_ptr<Checkpoint> checkpoint_;
   std::unique_ptr<kernels::Backend> backend_;
   std::unique_ptr<ExpertCompute> experts_;
-  std::unique_ptr<LocalDispatcher> dispatcher_;
+  std::unique_ptr<ExpertDispatcher> dispatcher_;
   std::unique_ptr<AttentionEngine> engine_;
   uint64_t next_id_ = 1;
 };

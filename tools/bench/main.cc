@@ -1,7 +1,10 @@
 // phimoe-bench: single-process throughput. B sequences of P random prompt tokens are prefilled
 // (in chunks), then decoded for G steps as one batch; reports prefill and decode tokens/s and peak
 // RSS. `--load-only attention` measures loading instead: time and resident memory after mapping
-// only the attention side's tensors (expert tensors stay unread).
+// only the attention side's tensors (expert tensors stay unread). With --expert-nodes the same
+// benchmark runs over the mesh (experts on running expert nodes) and also reports the per-layer
+// dispatch round trip and the bytes on the wire per token per layer during decode.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <string>
@@ -9,12 +12,15 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
 #include "attention_node/attention_weights.h"
 #include "attention_node/local_model.h"
 #include "common/flags.h"
 #include "common/process_stats.h"
 #include "common/thread_pool.h"
 #include "kernels/cpu/sampling.h"
+#include "router/remote_dispatcher.h"
 
 namespace phimoe {
 namespace {
@@ -114,6 +120,14 @@ int Bandwidth(int threads, bool json) {
   return 0;
 }
 
+// The q-quantile (0..1) of `v` (nearest rank); 0 when empty.
+double Quantile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  const size_t k = std::min(v.size() - 1, static_cast<size_t>(q * static_cast<double>(v.size())));
+  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
+  return v[k];
+}
+
 int Main(int argc, char** argv) {
   std::string model_dir, load_only;
   int64_t batch = 1, prompt_len = 128, gen_len = 32, layers = 0, seed = 1, chunk = 512, warmup = 1;
@@ -121,12 +135,16 @@ int Main(int argc, char** argv) {
   std::string precision = "fp32";
   CommonFlags common;
   FlagParser flags("phimoe-bench",
-                   "--model DIR --batch B --prompt-len P --gen-len G [--json] [--threads N]",
-                   "Single-process benchmark: B sequences of P random prompt tokens are prefilled in\n"
+                   "--model DIR --batch B --prompt-len P --gen-len G [--expert-nodes HOST:PORT,...]\n"
+                   "    [--json] [--threads N]",
+                   "Engine benchmark: B sequences of P random prompt tokens are prefilled in\n"
                    "chunks of --chunk tokens, then decoded G steps as one batch (no early stop).\n"
                    "Reports prefill and decode tokens/s and peak resident memory. --json prints one\n"
                    "flat JSON object. --load-only attention reports load time and resident memory\n"
-                   "when only the attention side's tensors are mapped.");
+                   "when only the attention side's tensors are mapped. With --expert-nodes the experts\n"
+                   "run on those expert nodes, and the JSON adds dispatch_round_trip_p50_s / _p99_s\n"
+                   "(one layer's dispatch during decode) and wire_bytes_per_token_per_layer (bytes\n"
+                   "sent plus received per decoded token per layer).");
   flags.AddString("model", &model_dir, "model folder");
   flags.AddInt("batch", &batch, "sequences decoded together");
   flags.AddInt("prompt-len", &prompt_len, "prompt tokens per sequence");
@@ -141,6 +159,17 @@ int Main(int argc, char** argv) {
   flags.AddBool("bandwidth", &bandwidth, "only measure this machine's streaming-read bandwidth");
   flags.AddString("precision", &precision,
                   "activation precision of matrix products: fp32 (reference) or bf16 (faster)");
+  std::string expert_nodes;
+  int64_t dispatch_timeout_ms = 10000, startup_timeout_ms = 30000;
+  bool bf16_wire = false;
+  flags.AddString("expert-nodes", &expert_nodes,
+                  "comma-separated HOST:PORT of expert nodes serving every expert (default: all "
+                  "experts in this process)");
+  flags.AddInt("dispatch-timeout-ms", &dispatch_timeout_ms,
+               "with --expert-nodes: limit for one layer's round trip");
+  flags.AddInt("startup-timeout-ms", &startup_timeout_ms,
+               "with --expert-nodes: how long to wait for the nodes");
+  flags.AddBool("bf16-wire", &bf16_wire, "with --expert-nodes: bf16 hidden states on the wire");
   common.Register(flags);
   flags.ParseOrExit(argc, argv);
   if (bandwidth) return Bandwidth(static_cast<int>(common.threads), json);
@@ -171,6 +200,20 @@ int Main(int argc, char** argv) {
     return 2;
   }
   opts.layers = layers;
+  std::vector<std::string> nodes = absl::StrSplit(expert_nodes, ',', absl::SkipWhitespace());
+  if (!nodes.empty()) {
+    RemoteDispatcherOptions remote;
+    remote.expert_nodes = nodes;
+    remote.dispatch_timeout = absl::Milliseconds(dispatch_timeout_ms);
+    remote.startup_timeout = absl::Milliseconds(startup_timeout_ms);
+    remote.bf16_wire = bf16_wire;
+    opts.remote_experts = [remote](const ModelConfig& config)
+        -> absl::StatusOr<std::unique_ptr<ExpertDispatcher>> {
+      auto d = RemoteDispatcher::Create(config, remote);
+      if (!d.ok()) return d.status();
+      return std::unique_ptr<ExpertDispatcher>(std::move(*d));
+    };
+  }
   auto model = LocalModel::Open(opts);
   if (!model.ok()) {
     std::fprintf(stderr, "phimoe-bench: %s\n", model.status().ToString().c_str());
@@ -190,11 +233,47 @@ int Main(int argc, char** argv) {
       return 1;
     }
   }
+  // Over the mesh: the dispatcher's figures when the last sequence gets its first token (the end
+  // of prefill) and at the end, so that the decode steps' share can be told apart.
+  auto* remote = dynamic_cast<RemoteDispatcher*>(&(*model)->dispatcher());
+  DispatchStats at_decode_start;
+  size_t n_started = 0;
+  std::vector<bool> started(prompts.size(), false);
+  auto on_token = [&](size_t i, int32_t) {
+    if (started[i]) return;
+    started[i] = true;
+    if (++n_started == prompts.size() && remote != nullptr) at_decode_start = remote->stats();
+  };
   GenerateStats stats;
-  auto out = (*model)->Generate(prompts, gen, &stats);
+  auto out = (*model)->Generate(prompts, gen, &stats, on_token);
   if (!out.ok()) {
     std::fprintf(stderr, "phimoe-bench: %s\n", out.status().ToString().c_str());
     return 1;
+  }
+  std::string mesh_json, mesh_text;
+  if (remote != nullptr) {
+    const DispatchStats end = remote->stats();
+    const int64_t n_dispatches = end.dispatches - at_decode_start.dispatches;
+    const size_t n_samples = std::min(end.round_trip_seconds.size(),
+                                      static_cast<size_t>(std::max<int64_t>(0, n_dispatches)));
+    std::vector<double> rtt(end.round_trip_seconds.end() - static_cast<std::ptrdiff_t>(n_samples),
+                            end.round_trip_seconds.end());
+    const int64_t wire = end.bytes_sent + end.bytes_received - at_decode_start.bytes_sent -
+                         at_decode_start.bytes_received;
+    const double token_layers = static_cast<double>(stats.decode_tokens) *
+                                static_cast<double>((*model)->config().n_layers);
+    const double p50 = Quantile(rtt, 0.5), p99 = Quantile(rtt, 0.99);
+    const double bytes_per = token_layers > 0 ? static_cast<double>(wire) / token_layers : 0.0;
+    mesh_json = absl::StrFormat(
+        ", \"expert_nodes\": %d, \"dispatch_round_trip_p50_s\": %.6f, "
+        "\"dispatch_round_trip_p99_s\": %.6f, \"wire_bytes_per_token_per_layer\": %.1f, "
+        "\"decode_dispatches\": %lld, \"replica_retries\": %lld",
+        static_cast<int>(nodes.size()), p50, p99, bytes_per, static_cast<long long>(n_dispatches),
+        static_cast<long long>(end.replica_retries));
+    mesh_text = absl::StrFormat(
+        "mesh     %d expert node(s); decode dispatch round trip p50 %.3f ms, p99 %.3f ms; "
+        "%.0f wire bytes per token per layer\n",
+        static_cast<int>(nodes.size()), 1e3 * p50, 1e3 * p99, bytes_per);
   }
   const double prefill_tps = stats.prefill_tokens / std::max(1e-9, stats.prefill_seconds);
   const double decode_tps = stats.decode_tokens / std::max(1e-9, stats.decode_seconds);
@@ -205,14 +284,14 @@ int Main(int argc, char** argv) {
         "{\"device\": \"%s\", \"precision\": \"%s\", \"batch\": %lld, \"prompt_len\": %lld, \"gen_len\": %lld, \"threads\": %d, "
         "\"layers\": %lld, \"load_seconds\": %.3f, \"prefill_tokens\": %lld, \"prefill_seconds\": %.4f, "
         "\"prefill_tokens_per_s\": %.2f, \"decode_tokens\": %lld, \"decode_seconds\": %.4f, "
-        "\"decode_tokens_per_s\": %.2f, \"decode_ms_per_step\": %.3f, \"peak_rss_bytes\": %lld}\n",
+        "\"decode_tokens_per_s\": %.2f, \"decode_ms_per_step\": %.3f, \"peak_rss_bytes\": %lld%s}\n",
         (*model)->backend().name().c_str(), precision.c_str(), static_cast<long long>(batch),
         static_cast<long long>(prompt_len), static_cast<long long>(gen_len), threads,
         static_cast<long long>((*model)->config().n_layers), load_s,
         static_cast<long long>(stats.prefill_tokens), stats.prefill_seconds, prefill_tps,
         static_cast<long long>(stats.decode_tokens), stats.decode_seconds, decode_tps,
         1000.0 * stats.decode_seconds / std::max<int64_t>(1, gen_len - 1),
-        static_cast<long long>(PeakRssBytes()));
+        static_cast<long long>(PeakRssBytes()), mesh_json.c_str());
   } else {
     std::printf("%s, %d threads, batch %lld, prompt %lld, gen %lld\n",
                 (*model)->backend().name().c_str(), threads, static_cast<long long>(batch),
@@ -223,6 +302,7 @@ int Main(int argc, char** argv) {
                 static_cast<long long>(stats.decode_tokens), stats.decode_seconds, decode_tps,
                 1000.0 * stats.decode_seconds / std::max<int64_t>(1, gen_len - 1),
                 PeakRssBytes() / 1048576.0);
+    std::printf("%s", mesh_text.c_str());
   }
   return 0;
 }

@@ -4,7 +4,8 @@
 // C.logits and C.hidden_states (relative L2 ≤ 1e-4), C.router_logits (≤ 1e-4), C.topk_experts
 // (identical), C.topk_weights (abs ≤ 1e-5); with C.greedy_ids, a greedy generation with the KV
 // cache (ids identical, each step's logits C.greedy_logits ≤ 1e-4). Prints one line per check and
-// `golden: N passed, M failed`; exits 0 only if every check passed.
+// `golden: N passed, M failed`; exits 0 only if every check passed. With --expert-nodes the experts
+// are computed by running expert nodes (the mesh must give the same numbers as one process).
 #include <cmath>
 #include <cstdio>
 #include <map>
@@ -15,9 +16,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/time.h"
 #include "attention_node/local_model.h"
 #include "common/flags.h"
 #include "common/safetensors.h"
+#include "router/remote_dispatcher.h"
 
 namespace phimoe {
 namespace {
@@ -287,18 +291,32 @@ void RunCase(LocalModel& model, const SafetensorsFile& golden, const std::string
 int Main(int argc, char** argv) {
   std::string model_dir, golden_path;
   CommonFlags common;
-  FlagParser flags("phimoe-golden", "--model DIR --golden FILE [--threads N] [--device cpu]",
+  FlagParser flags("phimoe-golden",
+                   "--model DIR --golden FILE [--expert-nodes HOST:PORT,...] [--threads N] [--device cpu]",
                    "Checks the forward pass against reference tensors from Hugging Face transformers:\n"
                    "every case C with C.input_ids in the golden file (logits, hidden states, router\n"
                    "logits, top-2 experts and weights, greedy ids and logits), with the tolerances of\n"
                    "fixtures/README.md. Prints one line per check, then `golden: N passed, M failed`.\n"
-                   "Exit status 0 only when every check passes.");
+                   "Exit status 0 only when every check passes. With --expert-nodes the experts are\n"
+                   "computed by those expert nodes (the same checks through the mesh).");
   flags.AddString("model", &model_dir, "model folder (config.json + safetensors)");
   flags.AddString("golden", &golden_path, "golden .safetensors file");
   std::string precision = "fp32";
   flags.AddString("precision", &precision,
                   "fp32 (every check gated) or bf16 (last-position logits gated at 1.5x the reference's "
                   "bf16 error; the rest reported)");
+  std::string expert_nodes;
+  int64_t dispatch_timeout_ms = 10000, startup_timeout_ms = 30000;
+  bool bf16_wire = false;
+  flags.AddString("expert-nodes", &expert_nodes,
+                  "comma-separated HOST:PORT of expert nodes serving every expert (default: all "
+                  "experts in this process)");
+  flags.AddInt("dispatch-timeout-ms", &dispatch_timeout_ms,
+               "with --expert-nodes: limit for one layer's round trip");
+  flags.AddInt("startup-timeout-ms", &startup_timeout_ms,
+               "with --expert-nodes: how long to wait for the nodes");
+  flags.AddBool("bf16-wire", &bf16_wire,
+                "with --expert-nodes: bf16 hidden states on the wire (not exact: fp32 checks may fail)");
   common.Register(flags);
   flags.ParseOrExit(argc, argv);
   auto prec = kernels::ParsePrecision(precision);
@@ -316,6 +334,19 @@ int Main(int argc, char** argv) {
   opts.threads = static_cast<int>(common.threads);
   opts.engine.kv_blocks = 256;
   opts.precision = *prec;
+  if (!expert_nodes.empty()) {
+    RemoteDispatcherOptions remote;
+    remote.expert_nodes = absl::StrSplit(expert_nodes, ',', absl::SkipWhitespace());
+    remote.dispatch_timeout = absl::Milliseconds(dispatch_timeout_ms);
+    remote.startup_timeout = absl::Milliseconds(startup_timeout_ms);
+    remote.bf16_wire = bf16_wire;
+    opts.remote_experts = [remote](const ModelConfig& config)
+        -> absl::StatusOr<std::unique_ptr<ExpertDispatcher>> {
+      auto d = RemoteDispatcher::Create(config, remote);
+      if (!d.ok()) return d.status();
+      return std::unique_ptr<ExpertDispatcher>(std::move(*d));
+    };
+  }
   const bool bf16 = *prec == kernels::Precision::kBf16;
   auto model = LocalModel::Open(opts);
   if (!model.ok()) {
@@ -331,8 +362,9 @@ int Main(int argc, char** argv) {
   for (const std::string& name : (*golden)->names()) {
     if (absl::EndsWith(name, ".input_ids")) cases.push_back(name.substr(0, name.size() - 10));
   }
-  std::printf("golden: %zu case(s) in %s; model %s on %s\n", cases.size(), golden_path.c_str(),
-              model_dir.c_str(), (*model)->backend().name().c_str());
+  std::printf("golden: %zu case(s) in %s; model %s on %s; experts %s\n", cases.size(),
+              golden_path.c_str(), model_dir.c_str(), (*model)->backend().name().c_str(),
+              expert_nodes.empty() ? "in process" : ("on " + expert_nodes).c_str());
   Tally tally;
   uint64_t next_id = 1;
   for (const std::string& c : cases) RunCase(**model, **golden, c, tally, next_id, bf16);

@@ -1,0 +1,290 @@
+// AttentionService: validation, the worker queue and proto <-> engine conversion (see the header).
+#include "attention_node/attention_service.h"
+
+#include <chrono>
+#include <cmath>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
+
+namespace phimoe {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int64_t NanosSince(Clock::time_point t0) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count();
+}
+
+// Sampling values from the wire; errors name the field.
+absl::Status ToSampling(const phimoe::v1::SamplingParams& in, kernels::cpu::SamplingParams* out) {
+  if (!std::isfinite(in.temperature()) || in.temperature() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.temperature must be finite and >= 0, got ", in.temperature()));
+  }
+  if (!std::isfinite(in.top_p()) || in.top_p() < 0 || in.top_p() > 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.top_p must be in (0, 1] (0: off), got ", in.top_p()));
+  }
+  if (in.top_k() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampling.top_k must be >= 0 (0: off), got ", in.top_k()));
+  }
+  out->temperature = in.temperature();
+  out->top_p = in.top_p() == 0 ? 1.0f : in.top_p();
+  out->top_k = in.top_k();
+  out->seed = in.seed();
+  return absl::OkStatus();
+}
+
+// Token ids from the wire: each in the vocabulary, at most `limit` of them.
+absl::Status CheckTokens(const google::protobuf::RepeatedField<int32_t>& ids, const char* field,
+                         int64_t vocab_size, int64_t limit) {
+  if (ids.empty()) return absl::InvalidArgumentError(absl::StrCat(field, " is empty"));
+  if (ids.size() > limit) {
+    return absl::InvalidArgumentError(absl::StrCat(field, " has ", ids.size(),
+                                                   " tokens, over the limit of ", limit));
+  }
+  for (int i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat(field, "[", i, "] = ", ids[i],
+                                                     " is outside the vocabulary (0-",
+                                                     vocab_size - 1, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status StepGuardDispatcher::Dispatch(const MoeRequest& request, float* out) {
+  if (check_) {
+    if (absl::Status s = check_(); !s.ok()) return s;
+  }
+  const auto t0 = Clock::now();
+  absl::Status s = inner_->Dispatch(request, out);
+  dispatch_ns_ += NanosSince(t0);
+  return s;
+}
+
+void StepGuardDispatcher::Arm(std::function<absl::Status()> check) {
+  check_ = std::move(check);
+  dispatch_ns_ = 0;
+}
+
+void StepGuardDispatcher::Disarm() { check_ = nullptr; }
+
+AttentionService::AttentionService(AttentionEngine* engine, StepGuardDispatcher* guard,
+                                   const AttentionServiceOptions& options)
+    : engine_(engine), guard_(guard), options_(options) {
+  RefreshSnapshot();
+  worker_ = std::thread([this] { WorkerLoop(); });
+}
+
+AttentionService::~AttentionService() { Stop(); }
+
+void AttentionService::StartDraining() {
+  std::deque<Task> refused;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    draining_ = true;
+    refused.swap(queue_);
+  }
+  for (Task& t : refused) {
+    t.reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "attention node is shutting down"));
+  }
+}
+
+bool AttentionService::WaitIdle(std::chrono::system_clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return idle_cv_.wait_until(lock, deadline, [this] { return queue_.empty() && !busy_; });
+}
+
+void AttentionService::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (worker_.joinable()) worker_.join();
+}
+
+grpc::ServerUnaryReactor* AttentionService::Enqueue(grpc::CallbackServerContext* context,
+                                                    std::function<absl::Status()> run) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!draining_ && !stopping_) {
+      queue_.push_back(Task{context, reactor, std::move(run)});
+      cv_.notify_one();
+      return reactor;
+    }
+  }
+  reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "attention node is shutting down"));
+  return reactor;
+}
+
+void AttentionService::WorkerLoop() {
+  for (;;) {
+    Task task;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping, nothing left
+      task = std::move(queue_.front());
+      queue_.pop_front();
+      busy_ = true;
+    }
+    // A call whose caller has gone (or whose deadline passed while it was queued) is not run.
+    absl::Status status = StillWanted(task.context);
+    if (status.ok()) status = task.run();
+    RefreshSnapshot();
+    task.reactor->Finish(ToGrpcStatus(status));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      busy_ = false;
+    }
+    idle_cv_.notify_all();
+  }
+}
+
+void AttentionService::RefreshSnapshot() {
+  snapshot_free_blocks_.store(engine_->free_blocks());
+  snapshot_running_.store(running_);
+}
+
+absl::Status AttentionService::StillWanted(grpc::CallbackServerContext* context) const {
+  // The deadline first: a call past its deadline is also marked cancelled.
+  if (context->deadline() <= std::chrono::system_clock::now()) {
+    return absl::DeadlineExceededError("the call's deadline passed");
+  }
+  if (context->IsCancelled()) return absl::CancelledError("the call was cancelled");
+  return absl::OkStatus();
+}
+
+grpc::ServerUnaryReactor* AttentionService::AddSequence(grpc::CallbackServerContext* context,
+                                                        const phimoe::v1::AddSequenceRequest* request,
+                                                        phimoe::v1::AddSequenceResponse* response) {
+  kernels::cpu::SamplingParams sampling;
+  absl::Status invalid = ToSampling(request->sampling(), &sampling);
+  if (invalid.ok()) {
+    invalid = CheckTokens(request->prompt(), "prompt", engine_->config().vocab_size,
+                          engine_->options().max_seq_len);
+  }
+  if (!invalid.ok()) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(ToGrpcStatus(invalid));
+    return reactor;
+  }
+  return Enqueue(context, [this, request, sampling]() -> absl::Status {
+    const auto& p = request->prompt();
+    absl::Status s = engine_->AddSequence(request->sequence_id(),
+                                          absl::Span<const int32_t>(p.data(), p.size()), sampling);
+    if (s.ok()) ++running_;
+    return s;
+  });
+}
+
+grpc::ServerUnaryReactor* AttentionService::ExtendSequence(
+    grpc::CallbackServerContext* context, const phimoe::v1::ExtendSequenceRequest* request,
+    phimoe::v1::ExtendSequenceResponse* response) {
+  if (absl::Status invalid = CheckTokens(request->tokens(), "tokens", engine_->config().vocab_size,
+                                         engine_->options().max_seq_len);
+      !invalid.ok()) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(ToGrpcStatus(invalid));
+    return reactor;
+  }
+  return Enqueue(context, [this, request]() -> absl::Status {
+    const auto& t = request->tokens();
+    return engine_->AppendTokens(request->sequence_id(),
+                                 absl::Span<const int32_t>(t.data(), t.size()));
+  });
+}
+
+grpc::ServerUnaryReactor* AttentionService::Step(grpc::CallbackServerContext* context,
+                                                 const phimoe::v1::StepRequest* request,
+                                                 phimoe::v1::StepResponse* response) {
+  absl::Status invalid;
+  if (request->items().empty()) {
+    invalid = absl::InvalidArgumentError("items is empty");
+  } else if (request->items_size() > options_.max_step_items) {
+    invalid = absl::InvalidArgumentError(absl::StrCat("items has ", request->items_size(),
+                                                      " entries, over the limit of ",
+                                                      options_.max_step_items));
+  }
+  std::vector<AttentionEngine::StepItem> items;
+  items.reserve(static_cast<size_t>(request->items_size()));
+  for (int i = 0; invalid.ok() && i < request->items_size(); ++i) {
+    const phimoe::v1::StepItem& it = request->items(i);
+    if (it.max_tokens() < 0) {
+      invalid = absl::InvalidArgumentError(
+          absl::StrCat("items[", i, "].max_tokens must be >= 0 (0: all), got ", it.max_tokens()));
+    }
+    items.push_back({it.sequence_id(), it.max_tokens(), it.want_logprob()});
+  }
+  if (!invalid.ok()) {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(ToGrpcStatus(invalid));
+    return reactor;
+  }
+  return Enqueue(context, [this, context, response, items = std::move(items)]() -> absl::Status {
+    const auto t0 = Clock::now();
+    guard_->Arm([this, context] { return StillWanted(context); });
+    absl::StatusOr<std::vector<AttentionEngine::StepOutput>> out = engine_->Step(items);
+    guard_->Disarm();
+    if (!out.ok()) return out.status();
+    for (const AttentionEngine::StepOutput& o : *out) {
+      phimoe::v1::StepResult* r = response->add_results();
+      r->set_sequence_id(o.id);
+      r->set_processed(o.processed);
+      r->set_recomputed(o.recomputed);
+      r->set_sampled(o.sampled);
+      if (o.sampled) {
+        r->set_token(o.token);
+        r->set_logprob(o.logprob);
+      }
+    }
+    response->set_step_ns(NanosSince(t0));
+    response->set_dispatch_ns(guard_->dispatch_ns());
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* AttentionService::Release(grpc::CallbackServerContext* context,
+                                                    const phimoe::v1::ReleaseRequest* request,
+                                                    phimoe::v1::ReleaseResponse* response) {
+  return Enqueue(context, [this, request]() -> absl::Status {
+    for (uint64_t id : request->sequence_ids()) {
+      // Unknown ids are ignored: release is idempotent.
+      if (engine_->HasSequence(id) && engine_->Release(id).ok()) --running_;
+    }
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* AttentionService::Capacity(grpc::CallbackServerContext* context,
+                                                     const phimoe::v1::CapacityRequest* request,
+                                                     phimoe::v1::CapacityResponse* response) {
+  const ModelConfig& cfg = engine_->config();
+  response->set_free_blocks(snapshot_free_blocks_.load());
+  response->set_total_blocks(engine_->total_blocks());
+  response->set_block_size(engine_->block_size());
+  response->set_max_seq_len(engine_->options().max_seq_len);
+  response->set_running_sequences(snapshot_running_.load());
+  phimoe::v1::ModelIdentity* model = response->mutable_model();
+  model->set_model_type(cfg.model_type);
+  model->set_config_hash(cfg.Hash());
+  model->set_d_model(cfg.d_model);
+  model->set_n_layers(cfg.n_layers);
+  model->set_n_experts(cfg.n_experts);
+  model->set_vocab_size(cfg.vocab_size);
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace phimoe

@@ -1,0 +1,115 @@
+// The attention node's gRPC adapter (protos/phimoe/v1/attention.proto): requests are validated and
+// turned into AttentionEngine calls, results and absl::Status codes back into protos. No model math.
+// The engine is single-threaded and a Step blocks on expert nodes, so every engine call runs, in
+// arrival order, on one worker thread; reactors only enqueue and return. Capacity is answered at
+// once from a snapshot the worker refreshes after each call. A Step whose RPC is cancelled or runs
+// out of time stops at its next layer boundary (the engine rolls back the step's positions).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "attention_node/attention_engine.h"
+#include "phimoe/v1/attention.grpc.pb.h"
+#include "router/expert_dispatcher.h"
+
+namespace phimoe {
+
+// Sits between the engine and the real dispatcher: before each layer's dispatch it asks whether
+// the step's caller still wants the result (UNAVAILABLE when draining, CANCELLED, DEADLINE_EXCEEDED:
+// returned to the engine, which then abandons the step consistently), and it adds up the time
+// spent waiting for experts. Used by one thread at a time (the service's worker).
+class StepGuardDispatcher : public ExpertDispatcher {
+ public:
+  explicit StepGuardDispatcher(ExpertDispatcher* inner) : inner_(inner) {}
+  absl::Status Dispatch(const MoeRequest& request, float* out) override;
+
+  // `check` is called before every dispatch until Disarm(); a non-OK status stops the step.
+  void Arm(std::function<absl::Status()> check);
+  void Disarm();
+  int64_t dispatch_ns() const { return dispatch_ns_; }  // since the last Arm
+
+ private:
+  ExpertDispatcher* inner_;
+  std::function<absl::Status()> check_;
+  int64_t dispatch_ns_ = 0;
+};
+
+struct AttentionServiceOptions {
+  int64_t max_step_items = 4096;  // sequences in one StepRequest
+};
+
+class AttentionService final : public phimoe::v1::AttentionService::CallbackService {
+ public:
+  // `engine` must have been created with `guard` as its dispatcher; both must outlive the
+  // service. Starts the worker thread.
+  AttentionService(AttentionEngine* engine, StepGuardDispatcher* guard,
+                   const AttentionServiceOptions& options = {});
+  ~AttentionService() override;  // Stop()s
+
+  // Refuses new work with UNAVAILABLE; calls still queued fail with UNAVAILABLE; the running one
+  // finishes. Returns at once.
+  void StartDraining();
+  // Waits until no call is queued or running, at most until `deadline`; true when idle.
+  bool WaitIdle(std::chrono::system_clock::time_point deadline);
+  // Waits for the running call, then ends the worker (after server Shutdown: every reactor must be
+  // finished by then). Idempotent.
+  void Stop();
+
+  grpc::ServerUnaryReactor* AddSequence(grpc::CallbackServerContext* context,
+                                        const phimoe::v1::AddSequenceRequest* request,
+                                        phimoe::v1::AddSequenceResponse* response) override;
+  grpc::ServerUnaryReactor* ExtendSequence(grpc::CallbackServerContext* context,
+                                           const phimoe::v1::ExtendSequenceRequest* request,
+                                           phimoe::v1::ExtendSequenceResponse* response) override;
+  grpc::ServerUnaryReactor* Step(grpc::CallbackServerContext* context,
+                                 const phimoe::v1::StepRequest* request,
+                                 phimoe::v1::StepResponse* response) override;
+  grpc::ServerUnaryReactor* Release(grpc::CallbackServerContext* context,
+                                    const phimoe::v1::ReleaseRequest* request,
+                                    phimoe::v1::ReleaseResponse* response) override;
+  grpc::ServerUnaryReactor* Capacity(grpc::CallbackServerContext* context,
+                                     const phimoe::v1::CapacityRequest* request,
+                                     phimoe::v1::CapacityResponse* response) override;
+
+ private:
+  struct Task {
+    grpc::CallbackServerContext* context = nullptr;
+    grpc::ServerUnaryReactor* reactor = nullptr;
+    std::function<absl::Status()> run;  // on the worker; its status finishes the RPC
+  };
+  // Queues `run` for the worker, or finishes the RPC with UNAVAILABLE when draining.
+  grpc::ServerUnaryReactor* Enqueue(grpc::CallbackServerContext* context,
+                                    std::function<absl::Status()> run);
+  void WorkerLoop();
+  void RefreshSnapshot();  // worker only
+  // OK while the RPC still wants its answer; CANCELLED / DEADLINE_EXCEEDED / UNAVAILABLE otherwise.
+  absl::Status StillWanted(grpc::CallbackServerContext* context) const;
+
+  AttentionEngine* engine_;
+  StepGuardDispatcher* guard_;
+  AttentionServiceOptions options_;
+  int64_t running_ = 0;  // sequences in the engine (worker only)
+
+  std::atomic<int64_t> snapshot_free_blocks_{0};
+  std::atomic<int64_t> snapshot_running_{0};
+
+  std::mutex mu_;
+  std::condition_variable cv_;       // work queued or stopping
+  std::condition_variable idle_cv_;  // the worker went idle
+  std::deque<Task> queue_;  // guarded by mu_
+  bool busy_ = false;       // guarded by mu_: a task is running
+  bool draining_ = false;   // guarded by mu_
+  bool stopping_ = false;   // guarded by mu_
+  std::thread worker_;
+};
+
+}  // namespace phimoe

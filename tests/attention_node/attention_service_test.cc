@@ -1,0 +1,371 @@
+// AttentionService in process, on the tiny fixture, through a real gRPC channel on 127.0.0.1:
+// greedy ids equal LocalModel's, Capacity returns to its start after Release, bad requests are
+// INVALID_ARGUMENT naming the field, Release is idempotent, and a Step whose deadline passes or
+// whose call is cancelled while experts are slow (or whose experts fail) leaves the engine
+// consistent: the same step retried gives the expected token; draining finishes the running step
+// and refuses queued ones. Experts run in process behind a dispatcher the test can slow down or
+// break; the mesh as processes is covered by mesh_test.
+#include "attention_node/attention_service.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <limits>
+#include <thread>
+
+#include "attention_node/local_model.h"
+#include "gtest/gtest.h"
+#include "phimoe/v1/attention.grpc.pb.h"
+
+namespace phimoe {
+namespace {
+
+namespace v1 = ::phimoe::v1;
+
+const std::string kTiny = std::string(PHIMOE_SHARED_DIR) + "/fixtures/tiny";
+
+// Experts in process, optionally slow or failing.
+class TestDispatcher : public ExpertDispatcher {
+ public:
+  explicit TestDispatcher(ExpertDispatcher* inner) : inner_(inner) {}
+  absl::Status Dispatch(const MoeRequest& request, float* out) override {
+    if (const int ms = delay_ms.load(); ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+    if (fail.load()) return absl::UnavailableError("expert node lost (test)");
+    return inner_->Dispatch(request, out);
+  }
+  std::atomic<int> delay_ms{0};
+  std::atomic<bool> fail{false};
+
+ private:
+  ExpertDispatcher* inner_;
+};
+
+std::vector<int32_t> Prompt(int n, int salt) {
+  std::vector<int32_t> p;
+  for (int i = 0; i < n; ++i) p.push_back(static_cast<int32_t>((i * 7919 + salt * 104729 + 1) % 32000));
+  return p;
+}
+
+class AttentionServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!std::filesystem::exists(kTiny + "/model.safetensors")) {
+      GTEST_SKIP() << "shared fixtures not found at " << kTiny << " (set PHIMOE_SHARED_DIR)";
+    }
+    LocalModelOptions o;
+    o.model_dir = kTiny;
+    o.threads = 1;
+    o.engine.kv_blocks = 64;
+    o.engine.block_size = 4;
+    auto reference = LocalModel::Open(o);
+    ASSERT_TRUE(reference.ok()) << reference.status();
+    reference_ = std::move(*reference);
+    experts_ = std::make_unique<TestDispatcher>(&reference_->dispatcher());
+    o.remote_experts = [this](const ModelConfig&) -> absl::StatusOr<std::unique_ptr<ExpertDispatcher>> {
+      auto guard = std::make_unique<StepGuardDispatcher>(experts_.get());
+      guard_ = guard.get();
+      return std::unique_ptr<ExpertDispatcher>(std::move(guard));
+    };
+    auto served = LocalModel::Open(o);
+    ASSERT_TRUE(served.ok()) << served.status();
+    served_ = std::move(*served);
+    service_ = std::make_unique<AttentionService>(&served_->engine(), guard_);
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(service_.get());
+    server_ = builder.BuildAndStart();
+    ASSERT_TRUE(server_ != nullptr && port > 0);
+    stub_ = v1::AttentionService::NewStub(
+        grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+  }
+  void TearDown() override {
+    if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    if (service_) service_->Stop();
+  }
+
+  // Greedy ids of the single-process model.
+  std::vector<int32_t> Expected(const std::vector<int32_t>& prompt, int n) {
+    GenerateOptions gen;
+    gen.max_new_tokens = n;
+    auto out = reference_->Generate({prompt}, gen);
+    EXPECT_TRUE(out.ok()) << out.status();
+    return out.ok() ? (*out)[0] : std::vector<int32_t>{};
+  }
+
+  grpc::Status Add(uint64_t id, const std::vector<int32_t>& prompt, float temperature = 0,
+                   float top_p = 0, int top_k = 0) {
+    v1::AddSequenceRequest req;
+    req.set_sequence_id(id);
+    for (int32_t t : prompt) req.add_prompt(t);
+    req.mutable_sampling()->set_temperature(temperature);
+    req.mutable_sampling()->set_top_p(top_p);
+    req.mutable_sampling()->set_top_k(top_k);
+    v1::AddSequenceResponse resp;
+    grpc::ClientContext ctx;
+    return stub_->AddSequence(&ctx, req, &resp);
+  }
+  grpc::Status Step(uint64_t id, v1::StepResponse* resp, grpc::ClientContext* ctx = nullptr) {
+    v1::StepRequest req;
+    req.add_items()->set_sequence_id(id);
+    grpc::ClientContext local;
+    return stub_->Step(ctx ? ctx : &local, req, resp);
+  }
+  grpc::Status Release(std::vector<uint64_t> ids) {
+    v1::ReleaseRequest req;
+    for (uint64_t id : ids) req.add_sequence_ids(id);
+    v1::ReleaseResponse resp;
+    grpc::ClientContext ctx;
+    return stub_->Release(&ctx, req, &resp);
+  }
+  v1::CapacityResponse Capacity() {
+    v1::CapacityResponse resp;
+    grpc::ClientContext ctx;
+    EXPECT_TRUE(stub_->Capacity(&ctx, v1::CapacityRequest(), &resp).ok());
+    return resp;
+  }
+  // Steps until `n` tokens are sampled.
+  std::vector<int32_t> Run(uint64_t id, int n) {
+    std::vector<int32_t> got;
+    for (int i = 0; i < 4 * n && static_cast<int>(got.size()) < n; ++i) {
+      v1::StepResponse resp;
+      grpc::Status s = Step(id, &resp);
+      EXPECT_TRUE(s.ok()) << s.error_message();
+      if (!s.ok()) break;
+      if (resp.results_size() == 1 && resp.results(0).sampled()) got.push_back(resp.results(0).token());
+    }
+    return got;
+  }
+
+  std::unique_ptr<LocalModel> reference_, served_;
+  std::unique_ptr<TestDispatcher> experts_;
+  StepGuardDispatcher* guard_ = nullptr;
+  std::unique_ptr<AttentionService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<v1::AttentionService::Stub> stub_;
+};
+
+TEST_F(AttentionServiceTest, GreedyIdsEqualLocalModelAndCapacityReturns) {
+  const std::vector<int32_t> prompt = Prompt(20, 1);  // 20 + 16 crosses the 32-token LongRoPE limit
+  const std::vector<int32_t> want = Expected(prompt, 16);
+  const v1::CapacityResponse start = Capacity();
+  EXPECT_EQ(start.total_blocks(), 64);
+  EXPECT_EQ(start.free_blocks(), 64);
+  EXPECT_EQ(start.block_size(), 4);
+  EXPECT_EQ(start.running_sequences(), 0);
+  EXPECT_EQ(start.model().model_type(), "phimoe");
+  EXPECT_EQ(start.model().config_hash(), reference_->config().Hash());
+  EXPECT_EQ(start.model().n_layers(), reference_->config().n_layers);
+  EXPECT_EQ(start.model().n_experts(), 16);
+  EXPECT_EQ(start.model().vocab_size(), reference_->config().vocab_size);
+  EXPECT_EQ(start.model().d_model(), reference_->config().d_model);
+
+  ASSERT_TRUE(Add(7, prompt).ok());
+  EXPECT_EQ(Capacity().running_sequences(), 1);
+  EXPECT_EQ(Run(7, 16), want);
+  const v1::CapacityResponse busy = Capacity();
+  EXPECT_LT(busy.free_blocks(), start.free_blocks());
+  EXPECT_EQ(busy.running_sequences(), 1);
+  ASSERT_TRUE(Release({7}).ok());
+  const v1::CapacityResponse end = Capacity();
+  EXPECT_EQ(end.free_blocks(), start.free_blocks());
+  EXPECT_EQ(end.running_sequences(), 0);
+}
+
+TEST_F(AttentionServiceTest, StepReportsTimings) {
+  ASSERT_TRUE(Add(1, Prompt(5, 2)).ok());
+  v1::StepResponse resp;
+  ASSERT_TRUE(Step(1, &resp).ok());
+  ASSERT_EQ(resp.results_size(), 1);
+  EXPECT_EQ(resp.results(0).processed(), 5);
+  EXPECT_TRUE(resp.results(0).sampled());
+  EXPECT_GT(resp.step_ns(), 0);
+  EXPECT_GT(resp.dispatch_ns(), 0);
+  EXPECT_LE(resp.dispatch_ns(), resp.step_ns());
+}
+
+TEST_F(AttentionServiceTest, BadRequestsAreInvalidArgumentNamingTheField) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  struct Case {
+    std::vector<int32_t> prompt;
+    float temperature, top_p;
+    int top_k;
+    const char* field;
+  } cases[] = {
+      {{1, 2}, -0.5f, 0, 0, "sampling.temperature"},
+      {{1, 2}, nan, 0, 0, "sampling.temperature"},
+      {{1, 2}, inf, 0, 0, "sampling.temperature"},
+      {{1, 2}, 1, 1.5f, 0, "sampling.top_p"},
+      {{1, 2}, 1, -0.1f, 0, "sampling.top_p"},
+      {{1, 2}, 1, nan, 0, "sampling.top_p"},
+      {{1, 2}, 1, 0.9f, -1, "sampling.top_k"},
+      {{}, 0, 0, 0, "prompt"},
+      {{1, 32064}, 0, 0, 0, "prompt[1]"},
+      {{-3}, 0, 0, 0, "prompt[0]"},
+  };
+  for (const Case& c : cases) {
+    grpc::Status s = Add(3, c.prompt, c.temperature, c.top_p, c.top_k);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.field;
+    EXPECT_NE(s.error_message().find(c.field), std::string::npos) << s.error_message();
+  }
+  EXPECT_EQ(Capacity().running_sequences(), 0);
+
+  // Valid edge values: top_p 1, temperature 0, large top_k.
+  EXPECT_TRUE(Add(3, {1, 2}, 0, 1, 100000).ok());
+  EXPECT_EQ(Add(3, {1, 2}).error_code(), grpc::StatusCode::ALREADY_EXISTS);
+
+  v1::StepResponse resp;
+  EXPECT_EQ(Step(99, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);  // unknown id
+  {
+    v1::StepRequest req;  // no items
+    grpc::ClientContext ctx;
+    grpc::Status s = stub_->Step(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(s.error_message().find("items"), std::string::npos);
+  }
+  {
+    v1::StepRequest req;
+    auto* item = req.add_items();
+    item->set_sequence_id(3);
+    item->set_max_tokens(-1);
+    grpc::ClientContext ctx;
+    grpc::Status s = stub_->Step(&ctx, req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(s.error_message().find("items[0].max_tokens"), std::string::npos) << s.error_message();
+  }
+  {
+    v1::StepRequest req;  // the same sequence twice
+    req.add_items()->set_sequence_id(3);
+    req.add_items()->set_sequence_id(3);
+    grpc::ClientContext ctx;
+    EXPECT_EQ(stub_->Step(&ctx, req, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  {
+    v1::ExtendSequenceRequest req;
+    req.set_sequence_id(3);
+    req.add_tokens(40000);
+    v1::ExtendSequenceResponse r;
+    grpc::ClientContext ctx;
+    grpc::Status s = stub_->ExtendSequence(&ctx, req, &r);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(s.error_message().find("tokens[0]"), std::string::npos) << s.error_message();
+  }
+  {
+    v1::ExtendSequenceRequest req;
+    req.set_sequence_id(12345);
+    req.add_tokens(5);
+    v1::ExtendSequenceResponse r;
+    grpc::ClientContext ctx;
+    EXPECT_EQ(stub_->ExtendSequence(&ctx, req, &r).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  // The sequence that was added is untouched by the refused calls.
+  EXPECT_EQ(Run(3, 1), Expected({1, 2}, 1));
+}
+
+TEST_F(AttentionServiceTest, ReleaseIsIdempotent) {
+  EXPECT_TRUE(Release({}).ok());
+  EXPECT_TRUE(Release({42, 43}).ok());
+  ASSERT_TRUE(Add(42, Prompt(6, 3)).ok());
+  EXPECT_EQ(Run(42, 2).size(), 2u);
+  EXPECT_TRUE(Release({42, 42, 1000}).ok());
+  EXPECT_TRUE(Release({42}).ok());
+  EXPECT_EQ(Capacity().free_blocks(), 64);
+  EXPECT_EQ(Capacity().running_sequences(), 0);
+}
+
+TEST_F(AttentionServiceTest, ExtendSequenceAppendsPromptChunks) {
+  const std::vector<int32_t> full = Prompt(12, 4);
+  const std::vector<int32_t> want = Expected(full, 3);
+  ASSERT_TRUE(Add(5, std::vector<int32_t>(full.begin(), full.begin() + 7)).ok());
+  v1::ExtendSequenceRequest req;
+  req.set_sequence_id(5);
+  for (size_t i = 7; i < full.size(); ++i) req.add_tokens(full[i]);
+  v1::ExtendSequenceResponse r;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(stub_->ExtendSequence(&ctx, req, &r).ok());
+  EXPECT_EQ(Run(5, 3), want);
+}
+
+TEST_F(AttentionServiceTest, DeadlineDuringSlowStepLeavesEngineConsistent) {
+  const std::vector<int32_t> prompt = Prompt(9, 5);
+  const std::vector<int32_t> want = Expected(prompt, 3);
+  ASSERT_TRUE(Add(9, prompt).ok());
+  ASSERT_EQ(Run(9, 1), std::vector<int32_t>{want[0]});
+  const int64_t free_before = Capacity().free_blocks();
+  experts_->delay_ms = 300;  // per layer: the step takes ~600 ms
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(150));
+    v1::StepResponse resp;
+    grpc::Status s = Step(9, &resp, &ctx);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << s.error_message();
+  }
+  {
+    grpc::ClientContext ctx;
+    std::thread canceller([&ctx] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(150));
+      ctx.TryCancel();
+    });
+    v1::StepResponse resp;
+    grpc::Status s = Step(9, &resp, &ctx);
+    canceller.join();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::CANCELLED) << s.error_message();
+  }
+  experts_->delay_ms = 0;
+  // Both abandoned steps are finished on the node before this one runs (calls run in order); the
+  // retried step computes the same token as if nothing had happened.
+  EXPECT_EQ(Run(9, 2), std::vector<int32_t>(want.begin() + 1, want.end()));
+  EXPECT_LE(Capacity().free_blocks(), free_before);
+  ASSERT_TRUE(Release({9}).ok());
+  EXPECT_EQ(Capacity().free_blocks(), 64);
+}
+
+TEST_F(AttentionServiceTest, ExpertFailureIsUnavailableAndRetryable) {
+  const std::vector<int32_t> prompt = Prompt(4, 6);
+  const std::vector<int32_t> want = Expected(prompt, 2);
+  ASSERT_TRUE(Add(11, prompt).ok());
+  experts_->fail = true;
+  v1::StepResponse resp;
+  grpc::Status s = Step(11, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+  experts_->fail = false;
+  EXPECT_EQ(Run(11, 2), want);
+}
+
+TEST_F(AttentionServiceTest, DrainingRefusesNewWork) {
+  ASSERT_TRUE(Add(1, {1, 2, 3}).ok());
+  service_->StartDraining();
+  EXPECT_EQ(Add(2, {1, 2, 3}).error_code(), grpc::StatusCode::UNAVAILABLE);
+  v1::StepResponse resp;
+  EXPECT_EQ(Step(1, &resp).error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(Capacity().running_sequences(), 1);  // Capacity still answers
+}
+
+TEST_F(AttentionServiceTest, DrainingFinishesTheRunningStepAndRefusesQueuedOnes) {
+  const std::vector<int32_t> prompt = Prompt(5, 7);
+  const std::vector<int32_t> want = Expected(prompt, 1);
+  ASSERT_TRUE(Add(1, prompt).ok());
+  ASSERT_TRUE(Add(2, prompt).ok());
+  experts_->delay_ms = 200;  // the running step takes ~400 ms
+  grpc::Status running_status, queued_status;
+  v1::StepResponse running_resp, queued_resp;
+  std::thread running([&] { running_status = Step(1, &running_resp); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  std::thread queued([&] { queued_status = Step(2, &queued_resp); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  service_->StartDraining();
+  EXPECT_TRUE(service_->WaitIdle(std::chrono::system_clock::now() + std::chrono::seconds(5)));
+  running.join();
+  queued.join();
+  EXPECT_TRUE(running_status.ok()) << running_status.error_message();
+  ASSERT_EQ(running_resp.results_size(), 1);
+  EXPECT_EQ(running_resp.results(0).token(), want[0]);
+  EXPECT_EQ(queued_status.error_code(), grpc::StatusCode::UNAVAILABLE) << queued_status.error_message();
+}
+
+}  // namespace
+}  // namespace phimoe
