@@ -167,6 +167,8 @@ struct Core {
   bool shutting_down = false;
   DispatchStats stats;
   std::deque<double> round_trips;
+  std::deque<double> remote_computes;  // parallel to round_trips
+  double round_compute_s = 0;          // slowest node's compute_ns in the current dispatch
   std::thread background;
 
   std::mutex callback_mu;  // guards serving_callback
@@ -353,6 +355,7 @@ absl::Status Core::Run(const MoeRequest& request, float* out) {
   }
   if (n == 0) return absl::OkStatus();
   const absl::Time start = absl::Now();
+  round_compute_s = 0;
   std::fill(out, out + n * d, 0.0f);
 
   std::vector<int64_t> load;
@@ -429,7 +432,11 @@ absl::Status Core::Run(const MoeRequest& request, float* out) {
   std::lock_guard<std::mutex> lock(mu);
   ++stats.dispatches;
   round_trips.push_back(absl::ToDoubleSeconds(absl::Now() - start));
-  if (round_trips.size() > kMaxRoundTripSamples) round_trips.pop_front();
+  remote_computes.push_back(round_compute_s);
+  if (round_trips.size() > kMaxRoundTripSamples) {
+    round_trips.pop_front();
+    remote_computes.pop_front();
+  }
   return absl::OkStatus();
 }
 
@@ -533,6 +540,7 @@ std::vector<Core::Failure> Core::RunRound(
     if (!errors[p].ok()) continue;
     const pb::ExpertResponse& r = *responses[p];
     received += static_cast<int64_t>(r.ByteSizeLong());
+    round_compute_s = std::max(round_compute_s, static_cast<double>(r.compute_ns()) * 1e-9);
     const int64_t rows = static_cast<int64_t>(plan.parts[p].rows.size());
     const size_t elements = static_cast<size_t>(rows * d);
     if (r.request_id() != ids[p]) {
@@ -737,6 +745,7 @@ DispatchStats RemoteDispatcher::stats() const {
   std::lock_guard<std::mutex> lock(impl_->mu);
   DispatchStats s = impl_->stats;
   s.round_trip_seconds.assign(impl_->round_trips.begin(), impl_->round_trips.end());
+  s.remote_compute_seconds.assign(impl_->remote_computes.begin(), impl_->remote_computes.end());
   return s;
 }
 

@@ -36,6 +36,9 @@ struct DispatchStats {
   int64_t bytes_sent = 0;
   int64_t bytes_received = 0;
   std::vector<double> round_trip_seconds;  // one sample per layer dispatch (most recent 100k)
+  // Per sample of round_trip_seconds: the slowest node's own compute time (its compute_ns), so
+  // round trip minus this is what the transport and the protocol cost.
+  std::vector<double> remote_compute_seconds;
   std::vector<int64_t> tokens_per_expert;  // [layer * n_experts + expert]: tokens routed so far
   int64_t replica_retries = 0;  // failed nodes' parts re-planned onto replicas
   int64_t node_down_events = 0;

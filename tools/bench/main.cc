@@ -263,17 +263,27 @@ int Main(int argc, char** argv) {
     const double token_layers = static_cast<double>(stats.decode_tokens) *
                                 static_cast<double>((*model)->config().n_layers);
     const double p50 = Quantile(rtt, 0.5), p99 = Quantile(rtt, 0.99);
+    // Round trip minus the slowest node's own compute: the transport's and protocol's share.
+    std::vector<double> overhead;
+    const size_t n_compute = std::min(n_samples, end.remote_compute_seconds.size());
+    for (size_t i = 0; i < n_compute; ++i) {
+      overhead.push_back(rtt[rtt.size() - n_compute + i] -
+                         end.remote_compute_seconds[end.remote_compute_seconds.size() - n_compute + i]);
+    }
+    const double o50 = Quantile(overhead, 0.5), o99 = Quantile(overhead, 0.99);
     const double bytes_per = token_layers > 0 ? static_cast<double>(wire) / token_layers : 0.0;
     mesh_json = absl::StrFormat(
         ", \"expert_nodes\": %d, \"dispatch_round_trip_p50_s\": %.6f, "
         "\"dispatch_round_trip_p99_s\": %.6f, \"wire_bytes_per_token_per_layer\": %.1f, "
+        "\"dispatch_overhead_p50_s\": %.6f, \"dispatch_overhead_p99_s\": %.6f, "
         "\"decode_dispatches\": %lld, \"replica_retries\": %lld",
-        static_cast<int>(nodes.size()), p50, p99, bytes_per, static_cast<long long>(n_dispatches),
+        static_cast<int>(nodes.size()), p50, p99, bytes_per, o50, o99,
+        static_cast<long long>(n_dispatches),
         static_cast<long long>(end.replica_retries));
     mesh_text = absl::StrFormat(
-        "mesh     %d expert node(s); decode dispatch round trip p50 %.3f ms, p99 %.3f ms; "
-        "%.0f wire bytes per token per layer\n",
-        static_cast<int>(nodes.size()), 1e3 * p50, 1e3 * p99, bytes_per);
+        "mesh     %d expert node(s); decode dispatch round trip p50 %.3f ms, p99 %.3f ms "
+        "(transport overhead p50 %.3f ms, p99 %.3f ms); %.0f wire bytes per token per layer\n",
+        static_cast<int>(nodes.size()), 1e3 * p50, 1e3 * p99, 1e3 * o50, 1e3 * o99, bytes_per);
   }
   const double prefill_tps = stats.prefill_tokens / std::max(1e-9, stats.prefill_seconds);
   const double decode_tps = stats.decode_tokens / std::max(1e-9, stats.decode_seconds);
