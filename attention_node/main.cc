@@ -25,6 +25,7 @@
 #include "common/safetensors.h"
 #include "kernels/backend.h"
 #include "router/remote_dispatcher.h"
+#include "router/remote_flags.h"
 
 namespace phimoe {
 namespace {
@@ -72,10 +73,10 @@ int Main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   HealthSwitch health;  // outlives the dispatcher that calls it
 
-  std::string model_dir, expert_nodes, listen, precision = "fp32";
+  std::string model_dir, listen, precision = "fp32";
   int64_t kv_blocks = 0, block_size = 16, max_seq_len = 131072, kv_memory_mb = 1024;
-  int64_t dispatch_timeout_ms = 10000, startup_timeout_ms = 30000, shutdown_grace_ms = 10000;
-  bool bf16_wire = false;
+  int64_t shutdown_grace_ms = 10000;
+  RemoteExpertFlags remote_flags;
   CommonFlags common;
   FlagParser flags(
       kProgram,
@@ -92,35 +93,28 @@ int Main(int argc, char** argv) {
       "`listening on HOST:PORT` is printed on stdout. SIGTERM or SIGINT: NOT_SERVING, queued calls\n"
       "refused with UNAVAILABLE, the running step finished, exit 0.");
   flags.AddString("model", &model_dir, "model folder (config.json + safetensors)");
-  flags.AddString("expert-nodes", &expert_nodes,
-                  "comma-separated HOST:PORT of the expert nodes (together serving every expert)");
+  remote_flags.Register(flags, "comma-separated HOST:PORT of the expert nodes (together serving "
+                               "every expert)");
   flags.AddString("listen", &listen, "address to serve on, e.g. 0.0.0.0:50051 or 127.0.0.1:0");
   flags.AddInt("kv-blocks", &kv_blocks, "KV cache blocks (0: as many as --kv-memory-mb allows)");
   flags.AddInt("kv-memory-mb", &kv_memory_mb, "KV cache memory when --kv-blocks is 0, MiB");
   flags.AddInt("block-size", &block_size, "positions per KV block");
   flags.AddInt("max-seq-len", &max_seq_len, "longest sequence accepted, tokens");
   flags.AddString("precision", &precision, "activation precision of matrix products: fp32 or bf16");
-  flags.AddInt("dispatch-timeout-ms", &dispatch_timeout_ms,
-               "limit for one layer's round trip to the expert nodes; a node that misses it is "
-               "marked down");
-  flags.AddInt("startup-timeout-ms", &startup_timeout_ms,
-               "how long to wait for every expert node at start-up");
   flags.AddInt("shutdown-grace-ms", &shutdown_grace_ms,
                "on SIGTERM, how long running calls may take before they are cancelled");
-  flags.AddBool("bf16-wire", &bf16_wire,
-                "send hidden states and expert outputs as bf16 (half the bytes; default f32, exact)");
   common.Register(flags);
   flags.ParseOrExit(argc, argv);
 
-  if (model_dir.empty() || expert_nodes.empty() || listen.empty()) {
+  if (model_dir.empty() || !remote_flags.enabled() || listen.empty()) {
     return Fail(2, "--model, --expert-nodes and --listen are required (see --help)");
   }
-  std::vector<std::string> nodes = absl::StrSplit(expert_nodes, ',', absl::SkipWhitespace());
-  if (nodes.empty()) return Fail(2, "--expert-nodes lists no node");
+  auto dopts = remote_flags.Options();
+  if (!dopts.ok()) return Fail(2, std::string(dopts.status().message()));
   if (kv_blocks < 0 || block_size < 1 || max_seq_len < 1 || kv_memory_mb < 1 ||
-      dispatch_timeout_ms < 1 || startup_timeout_ms < 0 || shutdown_grace_ms < 0) {
+      shutdown_grace_ms < 0) {
     return Fail(2, "need --kv-blocks >= 0, --block-size >= 1, --max-seq-len >= 1, "
-                   "--kv-memory-mb >= 1, --dispatch-timeout-ms >= 1 and non-negative timeouts");
+                   "--kv-memory-mb >= 1 and --shutdown-grace-ms >= 0");
   }
   const size_t colon = listen.rfind(':');
   if (colon == std::string::npos) return Fail(2, "--listen must be HOST:PORT, got " + listen);
@@ -134,12 +128,7 @@ int Main(int argc, char** argv) {
   auto backend = kernels::CreateBackend(common.device, static_cast<int>(common.threads), *prec);
   if (!backend.ok()) return Fail(1, backend.status().ToString());
 
-  RemoteDispatcherOptions dopts;
-  dopts.expert_nodes = nodes;
-  dopts.dispatch_timeout = absl::Milliseconds(dispatch_timeout_ms);
-  dopts.startup_timeout = absl::Milliseconds(startup_timeout_ms);
-  dopts.bf16_wire = bf16_wire;
-  auto remote = RemoteDispatcher::Create(*config, dopts);
+  auto remote = RemoteDispatcher::Create(*config, *dopts);
   if (!remote.ok()) return Fail(1, "cannot start: " + remote.status().ToString());
 
   StepGuardDispatcher guard(remote->get());
@@ -169,7 +158,7 @@ int Main(int argc, char** argv) {
   std::fprintf(stderr,
                "%s: serving %s (%lld layers) with experts on %zu node(s); %lld KV blocks of %lld "
                "positions; %s\n",
-               kProgram, model_dir.c_str(), static_cast<long long>(config->n_layers), nodes.size(),
+               kProgram, model_dir.c_str(), static_cast<long long>(config->n_layers), dopts->expert_nodes.size(),
                static_cast<long long>((*engine)->total_blocks()),
                static_cast<long long>((*engine)->block_size()), (*backend)->name().c_str());
   std::printf("listening on %s:%d\n", listen.substr(0, colon).c_str(), port);

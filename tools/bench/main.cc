@@ -19,6 +19,7 @@
 #include "common/flags.h"
 #include "common/process_stats.h"
 #include "common/thread_pool.h"
+#include "router/remote_flags.h"
 #include "kernels/cpu/sampling.h"
 #include "router/remote_dispatcher.h"
 
@@ -159,17 +160,9 @@ int Main(int argc, char** argv) {
   flags.AddBool("bandwidth", &bandwidth, "only measure this machine's streaming-read bandwidth");
   flags.AddString("precision", &precision,
                   "activation precision of matrix products: fp32 (reference) or bf16 (faster)");
-  std::string expert_nodes;
-  int64_t dispatch_timeout_ms = 10000, startup_timeout_ms = 30000;
-  bool bf16_wire = false;
-  flags.AddString("expert-nodes", &expert_nodes,
-                  "comma-separated HOST:PORT of expert nodes serving every expert (default: all "
-                  "experts in this process)");
-  flags.AddInt("dispatch-timeout-ms", &dispatch_timeout_ms,
-               "with --expert-nodes: limit for one layer's round trip");
-  flags.AddInt("startup-timeout-ms", &startup_timeout_ms,
-               "with --expert-nodes: how long to wait for the nodes");
-  flags.AddBool("bf16-wire", &bf16_wire, "with --expert-nodes: bf16 hidden states on the wire");
+  RemoteExpertFlags remote_flags;
+  remote_flags.Register(flags, "comma-separated HOST:PORT of expert nodes serving every expert "
+                               "(default: all experts in this process)");
   common.Register(flags);
   flags.ParseOrExit(argc, argv);
   if (bandwidth) return Bandwidth(static_cast<int>(common.threads), json);
@@ -200,19 +193,15 @@ int Main(int argc, char** argv) {
     return 2;
   }
   opts.layers = layers;
-  std::vector<std::string> nodes = absl::StrSplit(expert_nodes, ',', absl::SkipWhitespace());
-  if (!nodes.empty()) {
-    RemoteDispatcherOptions remote;
-    remote.expert_nodes = nodes;
-    remote.dispatch_timeout = absl::Milliseconds(dispatch_timeout_ms);
-    remote.startup_timeout = absl::Milliseconds(startup_timeout_ms);
-    remote.bf16_wire = bf16_wire;
-    opts.remote_experts = [remote](const ModelConfig& config)
-        -> absl::StatusOr<std::unique_ptr<ExpertDispatcher>> {
-      auto d = RemoteDispatcher::Create(config, remote);
-      if (!d.ok()) return d.status();
-      return std::unique_ptr<ExpertDispatcher>(std::move(*d));
-    };
+  std::vector<std::string> nodes;
+  if (remote_flags.enabled()) {
+    auto factory = remote_flags.Factory();
+    if (!factory.ok()) {
+      std::fprintf(stderr, "phimoe-bench: %s\n", std::string(factory.status().message()).c_str());
+      return 2;
+    }
+    opts.remote_experts = *factory;
+    nodes = remote_flags.Options()->expert_nodes;
   }
   auto model = LocalModel::Open(opts);
   if (!model.ok()) {

@@ -21,7 +21,7 @@
 #include "attention_node/local_model.h"
 #include "common/flags.h"
 #include "common/safetensors.h"
-#include "router/remote_dispatcher.h"
+#include "router/remote_flags.h"
 
 namespace phimoe {
 namespace {
@@ -305,18 +305,10 @@ int Main(int argc, char** argv) {
   flags.AddString("precision", &precision,
                   "fp32 (every check gated) or bf16 (last-position logits gated at 1.5x the reference's "
                   "bf16 error; the rest reported)");
-  std::string expert_nodes;
-  int64_t dispatch_timeout_ms = 10000, startup_timeout_ms = 30000;
-  bool bf16_wire = false;
-  flags.AddString("expert-nodes", &expert_nodes,
-                  "comma-separated HOST:PORT of expert nodes serving every expert (default: all "
-                  "experts in this process)");
-  flags.AddInt("dispatch-timeout-ms", &dispatch_timeout_ms,
-               "with --expert-nodes: limit for one layer's round trip");
-  flags.AddInt("startup-timeout-ms", &startup_timeout_ms,
-               "with --expert-nodes: how long to wait for the nodes");
-  flags.AddBool("bf16-wire", &bf16_wire,
-                "with --expert-nodes: bf16 hidden states on the wire (not exact: fp32 checks may fail)");
+  RemoteExpertFlags remote_flags;
+  remote_flags.Register(flags, "comma-separated HOST:PORT of expert nodes serving every expert "
+                               "(default: all experts in this process); --bf16-wire is not exact, "
+                               "so fp32 checks may fail with it");
   common.Register(flags);
   flags.ParseOrExit(argc, argv);
   auto prec = kernels::ParsePrecision(precision);
@@ -334,19 +326,15 @@ int Main(int argc, char** argv) {
   opts.threads = static_cast<int>(common.threads);
   opts.engine.kv_blocks = 256;
   opts.precision = *prec;
-  if (!expert_nodes.empty()) {
-    RemoteDispatcherOptions remote;
-    remote.expert_nodes = absl::StrSplit(expert_nodes, ',', absl::SkipWhitespace());
-    remote.dispatch_timeout = absl::Milliseconds(dispatch_timeout_ms);
-    remote.startup_timeout = absl::Milliseconds(startup_timeout_ms);
-    remote.bf16_wire = bf16_wire;
-    opts.remote_experts = [remote](const ModelConfig& config)
-        -> absl::StatusOr<std::unique_ptr<ExpertDispatcher>> {
-      auto d = RemoteDispatcher::Create(config, remote);
-      if (!d.ok()) return d.status();
-      return std::unique_ptr<ExpertDispatcher>(std::move(*d));
-    };
+  if (remote_flags.enabled()) {
+    auto factory = remote_flags.Factory();
+    if (!factory.ok()) {
+      std::fprintf(stderr, "phimoe-golden: %s\n", std::string(factory.status().message()).c_str());
+      return 2;
+    }
+    opts.remote_experts = *factory;
   }
+  const std::string& expert_nodes = remote_flags.expert_nodes;
   const bool bf16 = *prec == kernels::Precision::kBf16;
   auto model = LocalModel::Open(opts);
   if (!model.ok()) {

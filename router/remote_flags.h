@@ -1,0 +1,31 @@
+// The command-line flags that point a tool at expert nodes (--expert-nodes, --dispatch-timeout-ms,
+// --startup-timeout-ms, --bf16-wire), shared by phimoe-attention-node, phimoe-golden and
+// phimoe-bench so they read and check them one way.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "attention_node/local_model.h"
+#include "common/flags.h"
+#include "router/remote_dispatcher.h"
+
+namespace phimoe {
+
+struct RemoteExpertFlags {
+  std::string expert_nodes;  // comma-separated HOST:PORT
+  int64_t dispatch_timeout_ms = 10000;
+  int64_t startup_timeout_ms = 30000;
+  bool bf16_wire = false;
+
+  // `nodes_help` explains --expert-nodes for this tool.
+  void Register(FlagParser& parser, const std::string& nodes_help);
+  bool enabled() const { return !expert_nodes.empty(); }
+  // INVALID_ARGUMENT naming the flag for an empty node list or non-positive timeouts.
+  absl::StatusOr<RemoteDispatcherOptions> Options() const;
+  // A LocalModelOptions::remote_experts factory creating a RemoteDispatcher with Options().
+  absl::StatusOr<ExpertDispatcherFactory> Factory() const;
+};
+
+}  // namespace phimoe
