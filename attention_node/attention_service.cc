@@ -65,17 +65,32 @@ absl::Status StepGuardDispatcher::Dispatch(const MoeRequest& request, float* out
     if (absl::Status s = check_(); !s.ok()) return s;
   }
   const auto t0 = Clock::now();
-  absl::Status s = inner_->Dispatch(request, out);
+  absl::Status s;
+  if (check_) {
+    MoeRequest guarded = request;
+    guarded.deadline = std::min(request.deadline, deadline_);
+    if (cancelled_) guarded.cancelled = cancelled_;
+    s = inner_->Dispatch(guarded, out);
+  } else {
+    s = inner_->Dispatch(request, out);
+  }
   dispatch_ns_ += NanosSince(t0);
   return s;
 }
 
-void StepGuardDispatcher::Arm(std::function<absl::Status()> check) {
+void StepGuardDispatcher::Arm(std::function<absl::Status()> check, absl::Time deadline,
+                              std::function<bool()> cancelled) {
   check_ = std::move(check);
+  deadline_ = deadline;
+  cancelled_ = std::move(cancelled);
   dispatch_ns_ = 0;
 }
 
-void StepGuardDispatcher::Disarm() { check_ = nullptr; }
+void StepGuardDispatcher::Disarm() {
+  check_ = nullptr;
+  deadline_ = absl::InfiniteFuture();
+  cancelled_ = nullptr;
+}
 
 AttentionService::AttentionService(AttentionEngine* engine, StepGuardDispatcher* guard,
                                    const AttentionServiceOptions& options)
@@ -233,7 +248,8 @@ grpc::ServerUnaryReactor* AttentionService::Step(grpc::CallbackServerContext* co
   }
   return Enqueue(context, [this, context, response, items = std::move(items)]() -> absl::Status {
     const auto t0 = Clock::now();
-    guard_->Arm([this, context] { return StillWanted(context); });
+    guard_->Arm([this, context] { return StillWanted(context); },
+                absl::FromChrono(context->deadline()), [context] { return context->IsCancelled(); });
     absl::StatusOr<std::vector<AttentionEngine::StepOutput>> out = engine_->Step(items);
     guard_->Disarm();
     if (!out.ok()) return out.status();

@@ -33,13 +33,18 @@ class StepGuardDispatcher : public ExpertDispatcher {
   absl::Status Dispatch(const MoeRequest& request, float* out) override;
 
   // `check` is called before every dispatch until Disarm(); a non-OK status stops the step.
-  void Arm(std::function<absl::Status()> check);
+  // `deadline` and `cancelled` go with every dispatch (MoeRequest), so a layer already waiting
+  // for expert nodes also stops when the call's deadline passes or it is cancelled.
+  void Arm(std::function<absl::Status()> check, absl::Time deadline = absl::InfiniteFuture(),
+           std::function<bool()> cancelled = nullptr);
   void Disarm();
   int64_t dispatch_ns() const { return dispatch_ns_; }  // since the last Arm
 
  private:
   ExpertDispatcher* inner_;
   std::function<absl::Status()> check_;
+  absl::Time deadline_ = absl::InfiniteFuture();
+  std::function<bool()> cancelled_;
   int64_t dispatch_ns_ = 0;
 };
 

@@ -5,8 +5,10 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 #include "absl/status/status.h"
+#include "absl/time/time.h"
 
 namespace phimoe {
 
@@ -18,13 +20,19 @@ struct MoeRequest {
   const float* hidden = nullptr;   // [n_tokens, d_model]: post_attention_layernorm output
   const int32_t* experts = nullptr;  // [n_tokens, 2]: first and second expert
   const float* weights = nullptr;    // [n_tokens, 2]: their sparsemixer weights
+  // The caller's deadline and cancellation (a Step RPC's, passed down to the expert calls): a
+  // dispatch still waiting when the deadline passes or `cancelled()` turns true ends with
+  // DEADLINE_EXCEEDED / CANCELLED, and the expert nodes are not blamed for it.
+  absl::Time deadline = absl::InfiniteFuture();
+  std::function<bool()> cancelled;  // polled while waiting; empty: never
 };
 
 class ExpertDispatcher {
  public:
   virtual ~ExpertDispatcher() = default;
   // Writes out[n_tokens, d_model] = Σ_j weights[t, j] · expert_{experts[t, j]}(hidden[t]).
-  // Errors: UNAVAILABLE when an expert's host cannot be reached, DEADLINE_EXCEEDED, CANCELLED.
+  // Errors: UNAVAILABLE when an expert's host cannot be reached; DEADLINE_EXCEEDED when a node does
+  // not answer in time or the request's deadline passes; CANCELLED when the request is cancelled.
   virtual absl::Status Dispatch(const MoeRequest& request, float* out) = 0;
 };
 

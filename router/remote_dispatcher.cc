@@ -116,6 +116,9 @@ struct Core {
     bool answered = false;
     std::optional<pb::ExpertResponse> response;
     absl::Status failure;
+    // Requests given up for the caller's deadline or cancellation: their answers still arrive (in
+    // order, before any later one) and are dropped instead of being taken as unsolicited.
+    std::deque<uint64_t> abandoned;
     // Reconnection.
     std::string last_error;
     absl::Duration backoff = kInitialBackoff;
@@ -169,6 +172,7 @@ struct Core {
   std::deque<double> round_trips;
   std::deque<double> remote_computes;  // parallel to round_trips
   double round_compute_s = 0;          // slowest node's compute_ns in the current dispatch
+  absl::Status caller_stop;            // set by RunRound when the caller's deadline/cancel ended it
   std::thread background;
 
   std::mutex callback_mu;  // guards serving_callback
@@ -250,6 +254,10 @@ void Core::OnResponse(int32_t node, const NodeStream* stream,
     std::lock_guard<std::mutex> lock(mu);
     Node& n = nodes[static_cast<size_t>(node)];
     if (n.stream.get() != stream) return;  // a stream we already gave up on
+    if (!n.abandoned.empty() && response.request_id() == n.abandoned.front()) {
+      n.abandoned.pop_front();
+      return;
+    }
     if (n.pending_id != 0 && !n.answered) {
       n.answered = true;
       n.response = std::move(response);
@@ -356,6 +364,7 @@ absl::Status Core::Run(const MoeRequest& request, float* out) {
   if (n == 0) return absl::OkStatus();
   const absl::Time start = absl::Now();
   round_compute_s = 0;
+  caller_stop = absl::OkStatus();
   std::fill(out, out + n * d, 0.0f);
 
   std::vector<int64_t> load;
@@ -384,6 +393,7 @@ absl::Status Core::Run(const MoeRequest& request, float* out) {
   }
 
   std::vector<Failure> failures = RunRound(request, *plan, out);
+  if (!caller_stop.ok()) return caller_stop;
   if (!failures.empty()) {
     // Re-plan the failed parts' assignments once onto the nodes still up.
     std::vector<int32_t> experts(static_cast<size_t>(2 * n), -1);
@@ -417,6 +427,7 @@ absl::Status Core::Run(const MoeRequest& request, float* out) {
       return first_error(failures, absl::StrCat("; no replica: ", retry.status().message()));
     }
     std::vector<Failure> again = RunRound(request, *retry, out);
+    if (!caller_stop.ok()) return caller_stop;
     if (!again.empty()) {
       const PlanPart& part = retry->parts[again.front().part];
       const std::string& address = nodes[static_cast<size_t>(part.node)].address;
@@ -510,13 +521,41 @@ std::vector<Core::Failure> Core::RunRound(
   std::vector<std::shared_ptr<NodeStream>> to_cancel;
   {
     std::unique_lock<std::mutex> lock(mu);
-    const Clock::time_point deadline = ToClock(absl::Now() + options.dispatch_timeout);
-    cv.wait_until(lock, deadline, [&] {
+    const absl::Time node_deadline = absl::Now() + options.dispatch_timeout;
+    const absl::Time wait_end = std::min(node_deadline, request.deadline);
+    auto all_answered = [&] {
       for (const PlanPart& part : plan.parts) {
         if (!nodes[static_cast<size_t>(part.node)].answered) return false;
       }
       return true;
-    });
+    };
+    bool done = false;
+    for (;;) {
+      // With a cancellation to watch, wake every 20 ms to poll it.
+      absl::Time until = wait_end;
+      if (request.cancelled) until = std::min(until, absl::Now() + absl::Milliseconds(20));
+      done = cv.wait_until(lock, ToClock(until), all_answered);
+      if (done || absl::Now() >= wait_end) break;
+      if (request.cancelled && request.cancelled()) break;
+    }
+    if (!done && absl::Now() < node_deadline) {
+      // The caller's deadline or cancellation, not the nodes': give the round up without marking
+      // anyone down; late answers are recognised and dropped.
+      for (size_t p = 0; p < n_parts; ++p) {
+        Node& n = nodes[static_cast<size_t>(plan.parts[p].node)];
+        if (!n.answered) n.abandoned.push_back(ids[p]);
+        n.pending_id = 0;
+        n.answered = false;
+        n.response.reset();
+      }
+      caller_stop = request.cancelled && request.cancelled()
+                        ? absl::CancelledError(absl::StrCat("layer ", request.layer,
+                                                            " dispatch cancelled by the caller"))
+                        : absl::DeadlineExceededError(absl::StrCat(
+                              "the caller's deadline passed during layer ", request.layer,
+                              " dispatch"));
+      return failures;
+    }
     for (size_t p = 0; p < n_parts; ++p) {
       Node& n = nodes[static_cast<size_t>(plan.parts[p].node)];
       if (!n.answered) {

@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -49,7 +50,14 @@ struct Batch {
   std::vector<int32_t> experts;
   std::vector<float> weights;
   MoeRequest request(int64_t d_model) const {
-    return MoeRequest{layer, n_tokens, d_model, hidden.data(), experts.data(), weights.data()};
+    MoeRequest r;
+    r.layer = layer;
+    r.n_tokens = n_tokens;
+    r.d_model = d_model;
+    r.hidden = hidden.data();
+    r.experts = experts.data();
+    r.weights = weights.data();
+    return r;
   }
 };
 
@@ -204,7 +212,13 @@ TEST(RemoteDispatcherLyingPeerTest, BadResponsesAreUnavailableNotReadPastTheirEn
     std::vector<float> hidden(static_cast<size_t>(n * config.d_model), 0.5f), out(hidden.size());
     const std::vector<int32_t> experts = {0, 1, 2, 3, 4, 5};
     const std::vector<float> weights(6, 1.0f);
-    const MoeRequest request{1, n, config.d_model, hidden.data(), experts.data(), weights.data()};
+    MoeRequest request;
+    request.layer = 1;
+    request.n_tokens = n;
+    request.d_model = config.d_model;
+    request.hidden = hidden.data();
+    request.experts = experts.data();
+    request.weights = weights.data();
     // The caller's mistakes never reach the wire.
     MoeRequest bad = request;
     bad.d_model = 8;
@@ -454,6 +468,48 @@ TEST_F(RemoteDispatcherTest, ReplicaTakesOverFromAHungThenDeadNode) {
     EXPECT_LE(MaxRelativeError(got, want), 1e-6);
   }
   EXPECT_TRUE(remote->AllExpertsServed());
+}
+
+TEST_F(RemoteDispatcherTest, CallerDeadlineAndCancelDoNotBlameTheNode) {
+  ASSERT_OK_AND_ASSIGN(auto node, StartNode("0-15"));
+  std::vector<std::unique_ptr<ChildProcess>> nodes;
+  nodes.push_back(std::move(node));
+  RemoteDispatcherOptions options = Options(nodes);
+  options.dispatch_timeout = absl::Seconds(20);
+  ASSERT_OK_AND_ASSIGN(auto remote, RemoteDispatcher::Create(config_, options));
+  Batch b = MakeBatch(1, 12, 11);
+  const std::vector<float> want = Reference(b);
+  std::vector<float> got(b.hidden.size());
+
+  // A hung node and a caller deadline of 300 ms: DEADLINE_EXCEEDED long before the node timeout.
+  ASSERT_EQ(kill(nodes[0]->pid(), SIGSTOP), 0);
+  ASSERT_TRUE(WaitFor([&] { return AllThreadsStopped(nodes[0]->pid()); }, absl::Seconds(5)));
+  MoeRequest r = b.request(config_.d_model);
+  r.deadline = absl::Now() + absl::Milliseconds(300);
+  const absl::Time t0 = absl::Now();
+  EXPECT_THAT(remote->Dispatch(r, got.data()), StatusIs(absl::StatusCode::kDeadlineExceeded));
+  EXPECT_LT(absl::Now() - t0, absl::Seconds(5));
+  // Cancelled by the caller: CANCELLED, within a few polls.
+  r = b.request(config_.d_model);
+  std::atomic<bool> cancel{false};
+  r.cancelled = [&] { return cancel.load(); };
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    cancel = true;
+  });
+  EXPECT_THAT(remote->Dispatch(r, got.data()), StatusIs(absl::StatusCode::kCancelled));
+  canceller.join();
+  EXPECT_TRUE(remote->AllExpertsServed());  // the node was not marked down
+  EXPECT_EQ(remote->stats().node_down_events, 0);
+
+  // The node resumes: its two late answers are dropped and the next dispatch gets its own.
+  ASSERT_EQ(kill(nodes[0]->pid(), SIGCONT), 0);
+  for (int i = 0; i < 2; ++i) {
+    std::fill(got.begin(), got.end(), 0.0f);
+    ASSERT_OK(remote->Dispatch(b.request(config_.d_model), got.data()));
+    EXPECT_LE(MaxRelativeError(got, want), 1e-6);
+  }
+  EXPECT_EQ(remote->stats().node_down_events, 0);
 }
 
 TEST_F(RemoteDispatcherTest, DeadNodeWithoutReplicaThenRestartOnSamePort) {
