@@ -111,13 +111,12 @@ void RunCase(LocalModel& model, const SafetensorsFile& golden, const std::string
   info.gating = false;
   Tally& gated = bf16 ? info : tally;
   const ModelConfig& cfg = model.config();
+  // This case's tensors by suffix; map nodes are stable, so the pointers stay valid.
+  std::map<std::string, TensorView> views;
   auto get = [&](const std::string& suffix) -> const TensorView* {
-    static std::map<std::string, TensorView> cache;
-    auto key = c + "." + suffix;
-    auto v = golden.Get(key);
+    auto v = golden.Get(c + "." + suffix);
     if (!v.ok()) return nullptr;
-    cache[key] = *v;
-    return &cache[key];
+    return &(views[suffix] = *v);
   };
   const TensorView* ids_view = get("input_ids");
   if (!IsInt(*ids_view) || ids_view->info->shape.size() != 1) {
