@@ -62,7 +62,6 @@ absl::Status AttentionEngine::AddSequence(SequenceId id, absl::Span<const int32_
   Sequence& s = seqs_[id];
   s.tokens.assign(prompt.begin(), prompt.end());
   s.sampling = sampling;
-  s.rng = kernels::cpu::Rng(sampling.seed);
   return absl::OkStatus();
 }
 
@@ -282,7 +281,8 @@ absl::StatusOr<std::vector<AttentionEngine::StepOutput>> AttentionEngine::Step(
     if (p.sample) {
       const float* row = logits_.data() + p.logits_row * config_.vocab_size;
       o.sampled = true;
-      o.token = sampler_.Sample(row, config_.vocab_size, options_.n_valid_tokens, s.sampling, s.rng,
+      kernels::cpu::Rng rng = kernels::cpu::Rng::ForPosition(s.sampling.seed, s.tokens.size());
+      o.token = sampler_.Sample(row, config_.vocab_size, options_.n_valid_tokens, s.sampling, rng,
                                 items[i].want_logprob ? &o.logprob : nullptr);
       s.tokens.push_back(o.token);
     }

@@ -110,8 +110,7 @@ class AttentionEngine {
     int64_t n_cached = 0;
     bool long_rope = false;  // cached KV computed with the long factors
     std::vector<int32_t> blocks;
-    kernels::cpu::SamplingParams sampling;
-    kernels::cpu::Rng rng;
+    kernels::cpu::SamplingParams sampling;  // samples: Rng::ForPosition(seed, tokens.size())
   };
   AttentionEngine(const ModelConfig& config, const EngineOptions& options,
                   kernels::Backend* backend, ExpertDispatcher* dispatcher);

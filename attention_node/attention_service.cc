@@ -266,6 +266,7 @@ grpc::ServerUnaryReactor* AttentionService::Step(grpc::CallbackServerContext* co
     }
     response->set_step_ns(NanosSince(t0));
     response->set_dispatch_ns(guard_->dispatch_ns());
+    response->set_free_blocks(engine_->free_blocks());
     return absl::OkStatus();
   });
 }

@@ -16,6 +16,11 @@ uint64_t Rng::Next() {
   return z ^ (z >> 31);
 }
 
+Rng Rng::ForPosition(uint64_t seed, uint64_t position) {
+  Rng mix(seed ^ (position * 0xd1b54a32d192ed03ull));
+  return Rng(mix.Next());
+}
+
 double Rng::Uniform() { return static_cast<double>(Next() >> 11) * 0x1.0p-53; }
 
 int32_t Argmax(const float* logits, int64_t n) {

@@ -15,10 +15,14 @@ struct SamplingParams {
   uint64_t seed = 0;
 };
 
-// A small deterministic generator (splitmix64 stepping), state kept per sequence.
+// A small deterministic generator (splitmix64 stepping).
 class Rng {
  public:
   explicit Rng(uint64_t seed = 0) : state_(seed) {}
+  // The generator for the token sampled at `position` of a sequence seeded with `seed`: a
+  // sequence's samples depend on (seed, position) only, so they do not change when it is batched
+  // differently, prefilled in chunks, or preempted and recomputed.
+  static Rng ForPosition(uint64_t seed, uint64_t position);
   uint64_t Next();
   double Uniform();  // [0, 1)
  private:
