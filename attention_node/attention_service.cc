@@ -274,11 +274,12 @@ grpc::ServerUnaryReactor* AttentionService::Step(grpc::CallbackServerContext* co
 grpc::ServerUnaryReactor* AttentionService::Release(grpc::CallbackServerContext* context,
                                                     const phimoe::v1::ReleaseRequest* request,
                                                     phimoe::v1::ReleaseResponse* response) {
-  return Enqueue(context, [this, request]() -> absl::Status {
+  return Enqueue(context, [this, request, response]() -> absl::Status {
     for (uint64_t id : request->sequence_ids()) {
       // Unknown ids are ignored: release is idempotent.
       if (engine_->HasSequence(id) && engine_->Release(id).ok()) --running_;
     }
+    response->set_free_blocks(engine_->free_blocks());
     return absl::OkStatus();
   });
 }

@@ -52,6 +52,12 @@ void Scheduler::Preempt(uint64_t id) {
   ++preemptions_;
 }
 
+std::vector<uint64_t> Scheduler::PreemptAll() {
+  std::vector<uint64_t> ids = running_;  // by arrival
+  for (auto it = ids.rbegin(); it != ids.rend(); ++it) Preempt(*it);  // oldest ends up in front
+  return ids;
+}
+
 StepPlan Scheduler::Schedule(int64_t free_blocks) {
   StepPlan plan;
   int64_t budget = config_.max_step_tokens;

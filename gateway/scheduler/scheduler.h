@@ -49,6 +49,12 @@ class Scheduler {
   // Removes a finished, cancelled or failed sequence; its blocks count as free again.
   void Remove(uint64_t id);
 
+  // Every running sequence gives its blocks back and waits again (oldest first), to be computed
+  // again on readmission: after the node lost or refused its KV (a restart, a failed step). Returns
+  // their ids, for the caller to release on the node.
+  std::vector<uint64_t> PreemptAll();
+  bool Contains(uint64_t id) const { return seqs_.count(id) != 0; }
+
   // The next step's plan given the node's free blocks (from its Capacity or the last step).
   StepPlan Schedule(int64_t free_blocks);
   // After the step ran: `cached` more tokens of `id` have KV (the node's processed minus

@@ -3,7 +3,6 @@
 // gRPC stub gives LocalModel's greedy ids; losing the only node of some experts makes Step
 // UNAVAILABLE within the dispatch timeout and health NOT_SERVING, and restarting that node on the
 // same port brings SERVING and working steps back; a node of another model is refused at start-up.
-#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <sys/wait.h>
 
@@ -18,6 +17,7 @@
 #include "attention_node/local_model.h"
 #include "gtest/gtest.h"
 #include "phimoe/v1/attention.grpc.pb.h"
+#include "tests/integration/health.h"
 #include "tests/integration/process.h"
 
 namespace phimoe {
@@ -45,47 +45,8 @@ int RunCommand(const std::string& command, std::string* output) {
 
 std::string Quote(const std::string& s) { return "'" + s + "'"; }
 
-// grpc.health.v1.Health/Check for the whole server (service ""), through the generic stub (no
-// generated health stub in Debian's packages): 1 SERVING, 2 NOT_SERVING, -1 no answer.
-int HealthStatus(const std::string& address) {
-  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
-  grpc::GenericStub stub(channel);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  grpc::Slice empty("", 0);  // HealthCheckRequest{service: ""} encodes to zero bytes
-  grpc::ByteBuffer request(&empty, 1), response;
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
-  grpc::Status status;
-  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
-                 [&](grpc::Status s) {
-                   std::lock_guard<std::mutex> lock(mu);
-                   status = s;
-                   done = true;
-                   cv.notify_one();
-                 });
-  std::unique_lock<std::mutex> lock(mu);
-  cv.wait(lock, [&] { return done; });
-  if (!status.ok()) return -1;
-  std::vector<grpc::Slice> slices;
-  if (!response.Dump(&slices).ok()) return -1;
-  std::string bytes;
-  for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  if (bytes.empty()) return 0;  // UNKNOWN (the default value is not encoded)
-  if (bytes.size() < 2 || bytes[0] != 0x08) return -1;  // field 1, varint
-  return static_cast<unsigned char>(bytes[1]);
-}
-
-// Polls until the health status is `want`; false after `timeout`.
-bool WaitForHealth(const std::string& address, int want, std::chrono::milliseconds timeout) {
-  const auto end = Clock::now() + timeout;
-  do {
-    if (HealthStatus(address) == want) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  } while (Clock::now() < end);
-  return false;
-}
+using ::phimoe::testing::HealthStatus;
+using ::phimoe::testing::WaitForHealth;
 
 class MeshTest : public ::testing::Test {
  protected:

@@ -215,5 +215,25 @@ TEST(SchedulerTest, MaxRunningCapsAdmissions) {
   EXPECT_EQ(s.waiting(), 1);
 }
 
+TEST(SchedulerTest, PreemptAllRequeuesEveryRunningSequenceOldestFirst) {
+  Scheduler s(Config(100, 100, 100, 4));
+  for (uint64_t id = 1; id <= 3; ++id) ASSERT_OK(s.Add(id, 5));
+  StepPlan p = s.Schedule(100);
+  ASSERT_EQ(p.items.size(), 3u);
+  for (auto& item : p.items) s.OnStepResult(item.id, item.max_tokens, true);
+  ASSERT_OK(s.Add(4, 2));
+  EXPECT_EQ(s.PreemptAll(), (std::vector<uint64_t>{1, 2, 3}));
+  EXPECT_EQ(s.running(), 0);
+  EXPECT_EQ(s.waiting(), 4);
+  EXPECT_EQ(s.BlocksHeld(1), 0);
+  // Readmitted in arrival order, ahead of the newcomer, with their sampled token recomputed too.
+  p = s.Schedule(100);
+  ASSERT_EQ(p.items.size(), 4u);
+  EXPECT_EQ(p.items[0].id, 1u);
+  EXPECT_TRUE(p.items[0].admit);
+  EXPECT_EQ(p.items[0].max_tokens, 6);
+  EXPECT_EQ(p.items[3].id, 4u);
+}
+
 }  // namespace
 }  // namespace phimoe::gateway
