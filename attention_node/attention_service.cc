@@ -1,6 +1,8 @@
 // AttentionService: validation, the worker queue and proto <-> engine conversion (see the header).
 #include "attention_node/attention_service.h"
 
+#include <algorithm>
+
 #include <chrono>
 #include <cmath>
 #include <string>
@@ -75,7 +77,19 @@ absl::Status StepGuardDispatcher::Dispatch(const MoeRequest& request, float* out
     s = inner_->Dispatch(request, out);
   }
   dispatch_ns_ += NanosSince(t0);
+  if (s.ok() && !routed_.empty()) {
+    const int64_t base = static_cast<int64_t>(request.layer) * n_experts_;
+    for (int64_t i = 0; i < 2 * request.n_tokens; ++i) {
+      const int64_t slot = base + request.experts[i];
+      if (slot >= 0 && slot < static_cast<int64_t>(routed_.size())) ++routed_[static_cast<size_t>(slot)];
+    }
+  }
   return s;
+}
+
+void StepGuardDispatcher::CountRouting(int64_t n_layers, int64_t n_experts) {
+  n_experts_ = n_experts;
+  routed_.assign(static_cast<size_t>(n_layers * n_experts), 0);
 }
 
 void StepGuardDispatcher::Arm(std::function<absl::Status()> check, absl::Time deadline,
@@ -84,6 +98,7 @@ void StepGuardDispatcher::Arm(std::function<absl::Status()> check, absl::Time de
   deadline_ = deadline;
   cancelled_ = std::move(cancelled);
   dispatch_ns_ = 0;
+  std::fill(routed_.begin(), routed_.end(), 0);
 }
 
 void StepGuardDispatcher::Disarm() {
@@ -169,6 +184,10 @@ void AttentionService::WorkerLoop() {
 void AttentionService::RefreshSnapshot() {
   snapshot_free_blocks_.store(engine_->free_blocks());
   snapshot_running_.store(running_);
+  if (options_.metrics != nullptr) {
+    options_.metrics->SetKv(engine_->total_blocks() - engine_->free_blocks(),
+                            engine_->total_blocks(), running_);
+  }
 }
 
 absl::Status AttentionService::StillWanted(grpc::CallbackServerContext* context) const {
@@ -267,6 +286,15 @@ grpc::ServerUnaryReactor* AttentionService::Step(grpc::CallbackServerContext* co
     response->set_step_ns(NanosSince(t0));
     response->set_dispatch_ns(guard_->dispatch_ns());
     response->set_free_blocks(engine_->free_blocks());
+    if (options_.metrics != nullptr) {
+      int64_t processed = 0, recomputed = 0;
+      for (const AttentionEngine::StepOutput& o : *out) {
+        processed += o.processed;
+        recomputed += o.recomputed;
+      }
+      options_.metrics->OnStep(static_cast<double>(response->step_ns()) * 1e-9, processed,
+                               recomputed, guard_->routed());
+    }
     return absl::OkStatus();
   });
 }

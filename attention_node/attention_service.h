@@ -15,9 +15,11 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "attention_node/attention_engine.h"
+#include "attention_node/attention_metrics.h"
 #include "phimoe/v1/attention.grpc.pb.h"
 #include "router/expert_dispatcher.h"
 
@@ -39,6 +41,10 @@ class StepGuardDispatcher : public ExpertDispatcher {
            std::function<bool()> cancelled = nullptr);
   void Disarm();
   int64_t dispatch_ns() const { return dispatch_ns_; }  // since the last Arm
+  // Counts tokens routed per (layer, expert) in successful dispatches since the last Arm:
+  // routed()[layer * n_experts + expert]. Off until enabled.
+  void CountRouting(int64_t n_layers, int64_t n_experts);
+  const std::vector<int64_t>& routed() const { return routed_; }
 
  private:
   ExpertDispatcher* inner_;
@@ -46,10 +52,13 @@ class StepGuardDispatcher : public ExpertDispatcher {
   absl::Time deadline_ = absl::InfiniteFuture();
   std::function<bool()> cancelled_;
   int64_t dispatch_ns_ = 0;
+  int64_t n_experts_ = 0;
+  std::vector<int64_t> routed_;
 };
 
 struct AttentionServiceOptions {
-  int64_t max_step_items = 4096;  // sequences in one StepRequest
+  int64_t max_step_items = 4096;     // sequences in one StepRequest
+  AttentionMetrics* metrics = nullptr;  // steps and KV occupancy; must outlive the service
 };
 
 class AttentionService final : public phimoe::v1::AttentionService::CallbackService {

@@ -19,8 +19,10 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "attention_node/attention_engine.h"
+#include "attention_node/attention_metrics.h"
 #include "attention_node/attention_service.h"
 #include "common/flags.h"
+#include "common/metrics_server.h"
 #include "common/model_config.h"
 #include "common/safetensors.h"
 #include "kernels/backend.h"
@@ -73,7 +75,7 @@ int Main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   HealthSwitch health;  // outlives the dispatcher that calls it
 
-  std::string model_dir, listen, precision = "fp32";
+  std::string model_dir, listen, precision = "fp32", metrics_listen;
   int64_t kv_blocks = 0, block_size = 16, max_seq_len = 131072, kv_memory_mb = 1024;
   int64_t shutdown_grace_ms = 10000;
   RemoteExpertFlags remote_flags;
@@ -96,6 +98,9 @@ int Main(int argc, char** argv) {
   remote_flags.Register(flags, "comma-separated HOST:PORT of the expert nodes (together serving "
                                "every expert)");
   flags.AddString("listen", &listen, "address to serve on, e.g. 0.0.0.0:50051 or 127.0.0.1:0");
+  flags.AddString("metrics-listen", &metrics_listen,
+                  "serve Prometheus metrics on http://ADDR/metrics (off when empty); `metrics on "
+                  "HOST:PORT` is printed before `listening on`");
   flags.AddInt("kv-blocks", &kv_blocks, "KV cache blocks (0: as many as --kv-memory-mb allows)");
   flags.AddInt("kv-memory-mb", &kv_memory_mb, "KV cache memory when --kv-blocks is 0, MiB");
   flags.AddInt("block-size", &block_size, "positions per KV block");
@@ -128,10 +133,22 @@ int Main(int argc, char** argv) {
   auto backend = kernels::CreateBackend(common.device, static_cast<int>(common.threads), *prec);
   if (!backend.ok()) return Fail(1, backend.status().ToString());
 
+  // Before the dispatcher, which reports to it from its own thread until destroyed.
+  std::unique_ptr<MetricsServer> metrics_server;
+  std::unique_ptr<AttentionMetrics> metrics;
+  if (!metrics_listen.empty()) {
+    auto m = MetricsServer::Start(metrics_listen);
+    if (!m.ok()) return Fail(1, m.status().ToString());
+    metrics_server = std::move(*m);
+    metrics = std::make_unique<AttentionMetrics>(metrics_server->registry(), config->n_layers,
+                                                 config->n_experts, dopts->expert_nodes);
+  }
   auto remote = RemoteDispatcher::Create(*config, *dopts);
   if (!remote.ok()) return Fail(1, "cannot start: " + remote.status().ToString());
 
+  if (metrics != nullptr) (*remote)->SetObserver(metrics.get());
   StepGuardDispatcher guard(remote->get());
+  if (metrics != nullptr) guard.CountRouting(config->n_layers, config->n_experts);
   EngineOptions eopts;
   eopts.kv_blocks = kv_blocks;
   eopts.kv_memory_bytes = kv_memory_mb << 20;
@@ -139,7 +156,9 @@ int Main(int argc, char** argv) {
   eopts.max_seq_len = max_seq_len;
   auto engine = AttentionEngine::Create(*config, **checkpoint, backend->get(), &guard, eopts);
   if (!engine.ok()) return Fail(1, engine.status().ToString());
-  AttentionService service(engine->get(), &guard);
+  AttentionServiceOptions service_options;
+  service_options.metrics = metrics.get();
+  AttentionService service(engine->get(), &guard, service_options);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -161,6 +180,7 @@ int Main(int argc, char** argv) {
                kProgram, model_dir.c_str(), static_cast<long long>(config->n_layers), dopts->expert_nodes.size(),
                static_cast<long long>((*engine)->total_blocks()),
                static_cast<long long>((*engine)->block_size()), (*backend)->name().c_str());
+  if (metrics_server != nullptr) std::printf("metrics on %s\n", metrics_server->address().c_str());
   std::printf("listening on %s:%d\n", listen.substr(0, colon).c_str(), port);
   std::fflush(stdout);
 
@@ -179,6 +199,7 @@ int Main(int argc, char** argv) {
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(100));
   service.Stop();
   (*remote)->SetServingCallback(nullptr);
+  (*remote)->SetObserver(nullptr);
   return 0;
 }
 

@@ -360,10 +360,15 @@ void ExpertServiceImpl::WorkerLoop() {
       work = std::move(queue_.front());
       queue_.pop_front();
     }
+    const int64_t start = NowNs();
     v1::ExpertResponse response =
         work.stream->cancelled()
             ? ErrorResponse(work.request.request_id(), absl::StatusCode::kCancelled, "cancelled")
             : Compute(work.request);
+    if (options_.metrics != nullptr) {
+      options_.metrics->OnRequest(work.request, response,
+                                  static_cast<double>(NowNs() - start) * 1e-9);
+    }
     work.stream->OnComputed(work.slot, std::move(response));
   }
 }

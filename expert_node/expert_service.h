@@ -23,12 +23,15 @@
 #include "expert_node/expert_compute.h"
 #include "phimoe/v1/expert.grpc.pb.h"
 
+#include "expert_node/expert_metrics.h"
+
 namespace phimoe {
 
 struct ExpertServiceOptions {
   std::string node_name;                 // Info's node_name
   int64_t max_tokens = 65536;            // largest n_tokens accepted in one request
   int64_t max_inflight_per_stream = 64;  // requests read but not yet answered; reads pause beyond
+  ExpertMetrics* metrics = nullptr;      // must outlive the service; null: none
 };
 
 class ExpertServiceImpl final : public v1::ExpertService::CallbackService {

@@ -14,6 +14,8 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/flags.h"
+#include "common/metrics_server.h"
+#include "expert_node/expert_metrics.h"
 #include "common/model_config.h"
 #include "common/safetensors.h"
 #include "expert_node/expert_compute.h"
@@ -55,7 +57,7 @@ uint64_t Prefault(const Checkpoint& checkpoint, const ExpertSet& experts) {
 }
 
 int Main(int argc, char** argv) {
-  std::string model_dir, spec, listen, node_name, precision_text = "fp32";
+  std::string model_dir, spec, listen, node_name, precision_text = "fp32", metrics_listen;
   int64_t max_message_bytes = 256ll << 20, max_tokens = 65536;
   double drain_seconds = 30;
   bool prefault = false;
@@ -76,6 +78,9 @@ int Main(int argc, char** argv) {
   flags.AddString("model", &model_dir, "model folder (config.json + safetensors)");
   flags.AddString("experts", &spec, "which experts to host (SPEC above)");
   flags.AddString("listen", &listen, "address to serve on, HOST:PORT (port 0: any free port)");
+  flags.AddString("metrics-listen", &metrics_listen,
+                  "serve Prometheus metrics on http://ADDR/metrics (off when empty); `metrics on "
+                  "HOST:PORT` is printed before `listening on`");
   flags.AddString("precision", &precision_text,
                   "activation precision of the matrix products: fp32 (reference) or bf16");
   flags.AddString("node-name", &node_name,
@@ -131,7 +136,17 @@ int Main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  std::unique_ptr<MetricsServer> metrics_server;
+  std::unique_ptr<ExpertMetrics> metrics;
+  if (!metrics_listen.empty()) {
+    auto m = MetricsServer::Start(metrics_listen);
+    if (!m.ok()) return Fail(m.status().ToString());
+    metrics_server = std::move(*m);
+    metrics = std::make_unique<ExpertMetrics>(metrics_server->registry(), config->n_layers,
+                                              config->n_experts);
+  }
   ExpertServiceOptions service_options;
+  service_options.metrics = metrics.get();
   service_options.node_name = node_name;
   service_options.max_tokens = max_tokens;
   ExpertServiceImpl service(compute->get(), service_options);
@@ -145,6 +160,7 @@ int Main(int argc, char** argv) {
   std::fprintf(stderr, "%s: serving %lld (layer, expert) pairs of %s on %s (%s, %s)\n", kProgram,
                static_cast<long long>(experts->count()), model_dir.c_str(), address.c_str(),
                (*backend)->name().c_str(), precision_text.c_str());
+  if (metrics_server != nullptr) std::printf("metrics on %s\n", metrics_server->address().c_str());
   std::printf("listening on %s\n", address.c_str());
   std::fflush(stdout);
 

@@ -176,8 +176,14 @@ void CallSink::Pump(std::unique_lock<std::mutex>& lock) {
 }  // namespace
 
 InferenceService::InferenceService(Gateway* gateway, const tokenizer::Tokenizer* tokenizer,
-                                   ServiceInfo info)
-    : gateway_(gateway), tokenizer_(tokenizer), info_(std::move(info)) {}
+                                   ServiceInfo info, GatewayObserver* observer)
+    : gateway_(gateway), tokenizer_(tokenizer), info_(std::move(info)), observer_(observer) {}
+
+absl::StatusOr<std::shared_ptr<Request>> InferenceService::Counted(
+    absl::StatusOr<std::shared_ptr<Request>> r) {
+  if (!r.ok() && observer_ != nullptr) observer_->OnRejected(r.status().code());
+  return r;
+}
 
 absl::StatusOr<std::shared_ptr<Request>> InferenceService::Start(
     std::vector<int32_t> prompt, const phimoe::v1::GenerationParams& params, const Limits& limits,
@@ -197,16 +203,18 @@ absl::StatusOr<std::shared_ptr<Request>> InferenceService::StartGenerate(
     const phimoe::v1::GenerateRequest& request, absl::Time deadline,
     std::shared_ptr<ResponseSink> sink) {
   const Limits limits = gateway_->CurrentLimits();
-  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, GeneratePrompt(request, *tokenizer_, limits));
-  return Start(std::move(prompt), request.params(), limits, deadline, std::move(sink));
+  absl::StatusOr<std::vector<int32_t>> prompt = GeneratePrompt(request, *tokenizer_, limits);
+  if (!prompt.ok()) return Counted(prompt.status());
+  return Counted(Start(std::move(*prompt), request.params(), limits, deadline, std::move(sink)));
 }
 
 absl::StatusOr<std::shared_ptr<Request>> InferenceService::StartChat(
     const phimoe::v1::ChatRequest& request, absl::Time deadline,
     std::shared_ptr<ResponseSink> sink) {
   const Limits limits = gateway_->CurrentLimits();
-  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, ChatPrompt(request, *tokenizer_, limits));
-  return Start(std::move(prompt), request.params(), limits, deadline, std::move(sink));
+  absl::StatusOr<std::vector<int32_t>> prompt = ChatPrompt(request, *tokenizer_, limits);
+  if (!prompt.ok()) return Counted(prompt.status());
+  return Counted(Start(std::move(*prompt), request.params(), limits, deadline, std::move(sink)));
 }
 
 grpc::ServerWriteReactor<GenerateResponse>* InferenceService::Stream(

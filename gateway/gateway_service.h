@@ -23,8 +23,9 @@ struct ServiceInfo {
 
 class InferenceService final : public phimoe::v1::InferenceService::CallbackService {
  public:
-  // All three must outlive the service.
-  InferenceService(Gateway* gateway, const tokenizer::Tokenizer* tokenizer, ServiceInfo info);
+  // All must outlive the service; `observer` (rejections) may be null.
+  InferenceService(Gateway* gateway, const tokenizer::Tokenizer* tokenizer, ServiceInfo info,
+                   GatewayObserver* observer = nullptr);
 
   grpc::ServerWriteReactor<phimoe::v1::GenerateResponse>* Generate(
       grpc::CallbackServerContext* context, const phimoe::v1::GenerateRequest* request) override;
@@ -47,6 +48,8 @@ class InferenceService final : public phimoe::v1::InferenceService::CallbackServ
                                                      std::shared_ptr<ResponseSink> sink);
 
  private:
+  // Counts a refusal.
+  absl::StatusOr<std::shared_ptr<Request>> Counted(absl::StatusOr<std::shared_ptr<Request>> r);
   absl::StatusOr<std::shared_ptr<Request>> Start(std::vector<int32_t> prompt,
                                                  const phimoe::v1::GenerationParams& params,
                                                  const Limits& limits, absl::Time deadline,
@@ -59,6 +62,7 @@ class InferenceService final : public phimoe::v1::InferenceService::CallbackServ
   Gateway* gateway_;
   const tokenizer::Tokenizer* tokenizer_;
   ServiceInfo info_;
+  GatewayObserver* observer_;
 };
 
 }  // namespace phimoe::gateway

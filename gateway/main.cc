@@ -18,7 +18,9 @@
 #include "common/file_util.h"
 #include "common/flags.h"
 #include "common/model_config.h"
+#include "common/metrics_server.h"
 #include "gateway/gateway.h"
+#include "gateway/gateway_metrics.h"
 #include "gateway/gateway_service.h"
 #include "gateway/tokenizer/tokenizer.h"
 #include "nlohmann/json.hpp"
@@ -78,7 +80,7 @@ int Main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  std::string model_dir, tokenizer_dir, nodes_text, listen;
+  std::string model_dir, tokenizer_dir, nodes_text, listen, metrics_listen;
   int64_t max_queue = 256, max_running = 256, max_step_tokens = 2048, prefill_chunk = 512;
   int64_t max_tokens_limit = 0, max_prompt_tokens = 0, max_prompt_bytes = 1 << 20;
   double drain_grace_seconds = 30, step_timeout_seconds = 300, retry_seconds = 30;
@@ -104,6 +106,9 @@ int Main(int argc, char** argv) {
   flags.AddString("tokenizer", &tokenizer_dir, "tokenizer folder (default: --model)");
   flags.AddString("attention-nodes", &nodes_text, "comma-separated HOST:PORT of attention nodes");
   flags.AddString("listen", &listen, "address to serve on, e.g. 0.0.0.0:50051 or 127.0.0.1:0");
+  flags.AddString("metrics-listen", &metrics_listen,
+                  "serve Prometheus metrics on http://ADDR/metrics (e.g. 0.0.0.0:9090; off when "
+                  "empty); `metrics on HOST:PORT` is printed before `listening on`");
   flags.AddInt("max-queue", &max_queue, "requests waiting for admission at most");
   flags.AddInt("max-running", &max_running, "sequences running on one attention node at most");
   flags.AddInt("max-step-tokens", &max_step_tokens, "tokens computed per step and node at most");
@@ -173,8 +178,17 @@ int Main(int argc, char** argv) {
   options.step_timeout = absl::Seconds(step_timeout_seconds);
   options.retry_budget = absl::Seconds(retry_seconds);
 
-  Gateway gateway(options, /*observer=*/nullptr);
-  InferenceService service(&gateway, tok->get(), info);
+  std::unique_ptr<MetricsServer> metrics_server;
+  std::unique_ptr<GatewayMetrics> metrics;
+  if (!metrics_listen.empty()) {
+    auto m = MetricsServer::Start(metrics_listen);
+    if (!m.ok()) return Fail(1, m.status().ToString());
+    metrics_server = std::move(*m);
+    metrics = std::make_unique<GatewayMetrics>(metrics_server->registry());
+    for (const std::string& node : options.attention_nodes) metrics->OnNodeUp(node, false);
+  }
+  Gateway gateway(options, metrics.get());
+  InferenceService service(&gateway, tok->get(), info, metrics.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -195,6 +209,7 @@ int Main(int argc, char** argv) {
   health->SetServingStatus(serving);
   std::fprintf(stderr, "%s: serving %s with %d/%d attention node(s) up\n", kProgram,
                model_dir.c_str(), gateway.nodes_up(), gateway.nodes());
+  if (metrics_server != nullptr) std::printf("metrics on %s\n", metrics_server->address().c_str());
   std::printf("listening on %s:%d\n", listen.substr(0, listen.rfind(':')).c_str(), port);
   std::fflush(stdout);
 
@@ -204,6 +219,9 @@ int Main(int argc, char** argv) {
     timespec tick{0, 200 * 1000 * 1000};
     sig = sigtimedwait(&signals, nullptr, &tick);
     if (sig > 0) break;
+    if (metrics != nullptr) {
+      metrics->SetRequests(gateway.in_flight() - gateway.queued(), gateway.queued());
+    }
     const bool now_serving = gateway.nodes_up() > 0;
     if (now_serving != serving) {
       serving = now_serving;

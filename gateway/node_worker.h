@@ -40,6 +40,8 @@ class GatewayObserver {
   }
   virtual void OnPreempted(int64_t n) { (void)n; }
   virtual void OnNodeUp(const std::string& node, bool up) { (void)node; (void)up; }
+  // A request refused before it started (validation, full queue, draining).
+  virtual void OnRejected(absl::StatusCode code) { (void)code; }
 };
 
 struct NodeOptions {

@@ -9,6 +9,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <chrono>
 #include <condition_variable>
@@ -115,6 +116,7 @@ struct Core {
     uint64_t pending_id = 0;
     bool answered = false;
     std::optional<pb::ExpertResponse> response;
+    absl::Time answered_at;
     absl::Status failure;
     // Requests given up for the caller's deadline or cancellation: their answers still arrive (in
     // order, before any later one) and are dropped instead of being taken as unsolicited.
@@ -177,6 +179,7 @@ struct Core {
 
   std::mutex callback_mu;  // guards serving_callback
   std::function<void(bool)> serving_callback;
+  std::atomic<DispatchObserver*> observer{nullptr};
   bool reported_serving = true;  // background thread only
 
   // Scratch reused across dispatches (Dispatch is called by one thread at a time).
@@ -260,6 +263,7 @@ void Core::OnResponse(int32_t node, const NodeStream* stream,
     }
     if (n.pending_id != 0 && !n.answered) {
       n.answered = true;
+      n.answered_at = absl::Now();
       n.response = std::move(response);
     } else {
       to_cancel = MarkDownLocked(node, absl::StrCat("unsolicited response (request_id ",
@@ -308,6 +312,7 @@ std::shared_ptr<NodeStream> Core::MarkDownLocked(int32_t node,
   if (placement.IsUp(node)) {
     placement.SetUp(node, false);
     ++stats.node_down_events;
+    if (DispatchObserver* obs = observer.load(); obs != nullptr) obs->OnNodeUp(n.address, false);
     n.last_error = reason;
     n.backoff = kInitialBackoff;
     n.next_retry = absl::Now() + n.backoff;
@@ -332,6 +337,7 @@ void Core::OpenStream(int32_t node,
     placement.SetServed(node, served);
     placement.SetUp(node, true);
     if (count_up_event) ++stats.node_up_events;
+    if (DispatchObserver* obs = observer.load(); obs != nullptr) obs->OnNodeUp(n.address, true);
     stub = n.stub.get();
   }
   stream->Start(stub);  // a stream that fails at once reports through OnDone and goes down again
@@ -487,6 +493,9 @@ std::vector<Core::Failure> Core::RunRound(
   }
 
   // Register what each node owes, then send outside the lock.
+  const absl::Time sent_at = absl::Now();
+  std::vector<int64_t> part_bytes(n_parts, 0);
+  std::vector<absl::Time> answered_at(n_parts, sent_at);
   std::vector<std::shared_ptr<NodeStream>> streams(n_parts);
   std::vector<uint64_t> ids(n_parts);
   {
@@ -500,7 +509,8 @@ std::vector<Core::Failure> Core::RunRound(
       n.response.reset();
       n.failure = absl::OkStatus();
       streams[p] = n.stream;
-      bytes += static_cast<int64_t>(requests[p].ByteSizeLong());
+      part_bytes[p] = static_cast<int64_t>(requests[p].ByteSizeLong());
+      bytes += part_bytes[p];
     }
     stats.bytes_sent += bytes;
   }
@@ -566,6 +576,7 @@ std::vector<Core::Failure> Core::RunRound(
         errors[p] = n.failure;
       } else {
         responses[p] = std::move(n.response);
+        answered_at[p] = n.answered_at;
       }
       n.pending_id = 0;
       n.answered = false;
@@ -624,6 +635,15 @@ std::vector<Core::Failure> Core::RunRound(
     }
   }
   for (auto& s : to_cancel) s->Cancel();
+  if (DispatchObserver* obs = observer.load(); obs != nullptr) {
+    for (size_t p = 0; p < n_parts; ++p) {
+      if (!errors[p].ok()) continue;
+      obs->OnNodeExchange(nodes[static_cast<size_t>(plan.parts[p].node)].address,
+                          static_cast<int64_t>(plan.parts[p].rows.size()), part_bytes[p],
+                          static_cast<int64_t>(responses[p]->ByteSizeLong()),
+                          absl::ToDoubleSeconds(answered_at[p] - sent_at));
+    }
+  }
   return failures;
 }
 
@@ -779,6 +799,8 @@ void RemoteDispatcher::SetServingCallback(std::function<void(bool)> callback) {
   std::lock_guard<std::mutex> lock(impl_->callback_mu);
   impl_->serving_callback = std::move(callback);
 }
+
+void RemoteDispatcher::SetObserver(DispatchObserver* observer) { impl_->observer.store(observer); }
 
 DispatchStats RemoteDispatcher::stats() const {
   std::lock_guard<std::mutex> lock(impl_->mu);

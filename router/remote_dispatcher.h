@@ -45,6 +45,19 @@ struct DispatchStats {
   int64_t node_up_events = 0;
 };
 
+// Per-node events for metrics. Called on the dispatching thread (exchanges) or whichever thread
+// notices a node go down or come up, possibly under the dispatcher's lock: must not block or call
+// back into the dispatcher.
+class DispatchObserver {
+ public:
+  virtual ~DispatchObserver() = default;
+  // One node answered its part of a layer dispatch: `tokens` hidden-state rows sent to it
+  // (its replica choices included), the messages' sizes, and send-to-answer seconds.
+  virtual void OnNodeExchange(const std::string& node, int64_t tokens, int64_t bytes_sent,
+                              int64_t bytes_received, double round_trip_seconds) = 0;
+  virtual void OnNodeUp(const std::string& node, bool up) = 0;
+};
+
 class RemoteDispatcher : public ExpertDispatcher {
  public:
   // Connects to every node (retrying until startup_timeout), reads each node's Info and builds the
@@ -63,6 +76,8 @@ class RemoteDispatcher : public ExpertDispatcher {
   // at a time; it may call this object's methods except Dispatch).
   void SetServingCallback(std::function<void(bool)> callback);
   DispatchStats stats() const;
+  // Set before the first Dispatch; `observer` must outlive the dispatcher (or be reset to null).
+  void SetObserver(DispatchObserver* observer);
 
  private:
   struct Impl;

@@ -7,6 +7,7 @@ PACKAGES=(
   cmake ninja-build g++ pkg-config ccache
   libgrpc++-dev libgrpc-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev
   libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev nlohmann-json3-dev
+  prometheus
 )
 
 missing=()
@@ -28,3 +29,14 @@ echo "setup: build dependencies present"
 # The demo's Phi-3.5 tokenizer, built from the npm package llama-tokenizer-js (no Hugging Face
 # access needed); tests that need it find it at .cache/phi35-demo-tokenizer.
 bash "$(dirname "$0")/build_demo_tokenizer.sh" "$(cd "$(dirname "$0")/.." && pwd)/.cache/phi35-demo-tokenizer"
+
+# npm packages of the deploy/ tests (Kubernetes schemas), pinned by tests/deploy/package-lock.json,
+# into the ignored tests/deploy/node_modules; `npm ci` only when missing or the lock file changed.
+deploy_tests="$(cd "$(dirname "$0")/.." && pwd)/tests/deploy"
+lock_sum="$(sha256sum "$deploy_tests/package-lock.json" | cut -d' ' -f1)"
+if [ "$(cat "$deploy_tests/node_modules/.phimoe-lock-sha256" 2>/dev/null)" != "$lock_sum" ]; then
+  echo "setup: npm ci in tests/deploy"
+  (cd "$deploy_tests" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  echo "$lock_sum" > "$deploy_tests/node_modules/.phimoe-lock-sha256"
+fi
+echo "setup: deploy test packages present"

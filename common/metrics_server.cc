@@ -1,0 +1,36 @@
+// MetricsServer (see metrics_server.h).
+#include "common/metrics_server.h"
+
+#include <exception>
+
+#include "absl/strings/str_cat.h"
+
+namespace phimoe {
+
+absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::string& listen) {
+  const size_t colon = listen.rfind(':');
+  if (colon == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("metrics address must be HOST:PORT, got ", listen));
+  }
+  std::unique_ptr<MetricsServer> server(new MetricsServer());
+  server->registry_ = std::make_shared<prometheus::Registry>();
+  try {  // civetweb reports a failed bind by throwing; nothing else here throws
+    server->exposer_ = std::make_unique<prometheus::Exposer>(listen, /*num_threads=*/1);
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", listen, ": ", e.what()));
+  }
+  server->exposer_->RegisterCollectable(server->registry_);
+  const std::vector<int> ports = server->exposer_->GetListeningPorts();
+  if (ports.empty()) return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", listen));
+  server->address_ = absl::StrCat(listen.substr(0, colon), ":", ports.front());
+  return server;
+}
+
+std::vector<double> ExponentialBuckets(double start, double factor, int count) {
+  std::vector<double> b;
+  double v = start;
+  for (int i = 0; i < count; ++i, v *= factor) b.push_back(v);
+  return b;
+}
+
+}  // namespace phimoe
