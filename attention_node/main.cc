@@ -98,9 +98,7 @@ int Main(int argc, char** argv) {
   remote_flags.Register(flags, "comma-separated HOST:PORT of the expert nodes (together serving "
                                "every expert)");
   flags.AddString("listen", &listen, "address to serve on, e.g. 0.0.0.0:50051 or 127.0.0.1:0");
-  flags.AddString("metrics-listen", &metrics_listen,
-                  "serve Prometheus metrics on http://ADDR/metrics (off when empty); `metrics on "
-                  "HOST:PORT` is printed before `listening on`");
+  RegisterMetricsFlag(flags, &metrics_listen);
   flags.AddInt("kv-blocks", &kv_blocks, "KV cache blocks (0: as many as --kv-memory-mb allows)");
   flags.AddInt("kv-memory-mb", &kv_memory_mb, "KV cache memory when --kv-blocks is 0, MiB");
   flags.AddInt("block-size", &block_size, "positions per KV block");

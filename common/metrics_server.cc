@@ -26,6 +26,12 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::s
   return server;
 }
 
+void RegisterMetricsFlag(FlagParser& flags, std::string* listen) {
+  flags.AddString("metrics-listen", listen,
+                  "serve Prometheus metrics on http://ADDR/metrics, e.g. 0.0.0.0:9090 (off when "
+                  "empty); `metrics on HOST:PORT` is printed before `listening on`");
+}
+
 std::vector<double> ExponentialBuckets(double start, double factor, int count) {
   std::vector<double> b;
   double v = start;

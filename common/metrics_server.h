@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "common/flags.h"
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
 
@@ -27,6 +28,9 @@ class MetricsServer {
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::string address_;
 };
+
+// The --metrics-listen flag every node binary has (empty: no metrics).
+void RegisterMetricsFlag(FlagParser& flags, std::string* listen);
 
 // Exponential bucket boundaries start, start*factor, ... (count of them).
 std::vector<double> ExponentialBuckets(double start, double factor, int count);

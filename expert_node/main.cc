@@ -78,9 +78,7 @@ int Main(int argc, char** argv) {
   flags.AddString("model", &model_dir, "model folder (config.json + safetensors)");
   flags.AddString("experts", &spec, "which experts to host (SPEC above)");
   flags.AddString("listen", &listen, "address to serve on, HOST:PORT (port 0: any free port)");
-  flags.AddString("metrics-listen", &metrics_listen,
-                  "serve Prometheus metrics on http://ADDR/metrics (off when empty); `metrics on "
-                  "HOST:PORT` is printed before `listening on`");
+  RegisterMetricsFlag(flags, &metrics_listen);
   flags.AddString("precision", &precision_text,
                   "activation precision of the matrix products: fp32 (reference) or bf16");
   flags.AddString("node-name", &node_name,

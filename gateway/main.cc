@@ -106,9 +106,7 @@ int Main(int argc, char** argv) {
   flags.AddString("tokenizer", &tokenizer_dir, "tokenizer folder (default: --model)");
   flags.AddString("attention-nodes", &nodes_text, "comma-separated HOST:PORT of attention nodes");
   flags.AddString("listen", &listen, "address to serve on, e.g. 0.0.0.0:50051 or 127.0.0.1:0");
-  flags.AddString("metrics-listen", &metrics_listen,
-                  "serve Prometheus metrics on http://ADDR/metrics (e.g. 0.0.0.0:9090; off when "
-                  "empty); `metrics on HOST:PORT` is printed before `listening on`");
+  RegisterMetricsFlag(flags, &metrics_listen);
   flags.AddInt("max-queue", &max_queue, "requests waiting for admission at most");
   flags.AddInt("max-running", &max_running, "sequences running on one attention node at most");
   flags.AddInt("max-step-tokens", &max_step_tokens, "tokens computed per step and node at most");

@@ -232,14 +232,7 @@ void NodeWorker::Sweep() {
     }
   }
   for (auto& [id, end] : ends) FinishRequest(id, end.first, end.second);
-  if (!to_release_.empty()) {
-    std::vector<uint64_t> ids = std::move(to_release_);
-    to_release_.clear();
-    if (absl::Status s = ReleaseOnNode(ids); !s.ok()) {
-      orphans_.insert(orphans_.end(), ids.begin(), ids.end());
-      FailAll(s);
-    }
-  }
+  FlushReleases();
 }
 
 absl::Status NodeWorker::ReleaseOnNode(const std::vector<uint64_t>& ids) {
@@ -251,6 +244,17 @@ absl::Status NodeWorker::ReleaseOnNode(const std::vector<uint64_t>& ids) {
   if (!s.ok()) return FromGrpcStatus(s);
   free_blocks_ = response.free_blocks();
   return absl::OkStatus();
+}
+
+bool NodeWorker::FlushReleases(std::vector<uint64_t> also) {
+  also.insert(also.end(), to_release_.begin(), to_release_.end());
+  to_release_.clear();
+  if (absl::Status s = ReleaseOnNode(also); !s.ok()) {
+    orphans_.insert(orphans_.end(), also.begin(), also.end());
+    FailAll(s);
+    return false;
+  }
+  return true;
 }
 
 void NodeWorker::FinishRequest(uint64_t id, FinishReason reason, absl::Status status) {
@@ -297,13 +301,7 @@ bool NodeWorker::RunIteration() {
     observer_->OnPreempted(static_cast<int64_t>(plan.preempted.size()));
   }
   for (uint64_t id : plan.cannot_fit) FinishRequest(id, FinishReason::kLength, absl::OkStatus());
-  release.insert(release.end(), to_release_.begin(), to_release_.end());
-  to_release_.clear();
-  if (absl::Status s = ReleaseOnNode(release); !s.ok()) {
-    orphans_.insert(orphans_.end(), release.begin(), release.end());
-    FailAll(s);
-    return true;
-  }
+  if (!FlushReleases(std::move(release))) return true;
 
   // Admissions: the node gets every known token (prompt, and after a preemption the generated
   // ones too); this step computes the first chunk.
@@ -349,15 +347,7 @@ bool NodeWorker::RunIteration() {
     latest_deadline = std::max(latest_deadline, a.request->deadline());
   }
   if (step.items().empty()) {
-    if (!to_release_.empty()) {
-      std::vector<uint64_t> ids = std::move(to_release_);
-      to_release_.clear();
-      if (absl::Status s = ReleaseOnNode(ids); !s.ok()) {
-        orphans_.insert(orphans_.end(), ids.begin(), ids.end());
-        FailAll(s);
-        return true;
-      }
-    }
+    if (!FlushReleases()) return true;
     if (plan.items.empty()) {
       // Requests wait but none fits the node's free blocks (another client of the node holds
       // them): look again shortly, or when something happens.
@@ -380,14 +370,7 @@ bool NodeWorker::RunIteration() {
     failing_since_ = absl::InfiniteFuture();
     free_blocks_ = response.free_blocks();
     ApplyStep(response);
-    if (!to_release_.empty()) {
-      std::vector<uint64_t> ids = std::move(to_release_);
-      to_release_.clear();
-      if (absl::Status r = ReleaseOnNode(ids); !r.ok()) {
-        orphans_.insert(orphans_.end(), ids.begin(), ids.end());
-        FailAll(r);
-      }
-    }
+    FlushReleases();
     return true;
   }
   if (s.code() == absl::StatusCode::kResourceExhausted) {
@@ -395,10 +378,7 @@ bool NodeWorker::RunIteration() {
     std::vector<uint64_t> ids = scheduler_->PreemptAll();
     for (uint64_t id : ids) active_[id].on_node = false;
     if (observer_ != nullptr) observer_->OnPreempted(static_cast<int64_t>(ids.size()));
-    if (absl::Status r = ReleaseOnNode(ids); !r.ok()) {
-      orphans_.insert(orphans_.end(), ids.begin(), ids.end());
-      FailAll(r);
-    }
+    FlushReleases(std::move(ids));
     return true;
   }
   // Is the node itself there? (An unreachable expert is UNAVAILABLE from a reachable node.)

@@ -92,6 +92,9 @@ class NodeWorker {
   bool RunIteration();           // false when there was nothing to do
   void ApplyStep(const phimoe::v1::StepResponse& response);
   absl::Status ReleaseOnNode(const std::vector<uint64_t>& ids);
+  // Releases `also` and the ended requests' KV; a failure means the node is lost (FailAll, the
+  // ids kept as orphans) and returns false.
+  bool FlushReleases(std::vector<uint64_t> also = {});
   void FinishRequest(uint64_t id, FinishReason reason, absl::Status status);
   void FailAll(const absl::Status& status);  // node lost
   void WaitForWork(absl::Duration at_most);  // or until notified

@@ -450,6 +450,51 @@ TEST_F(GatewayMeshTest, PreemptionByRecomputeKeepsEveryOutputExact) {
   EXPECT_EQ(cap.running_sequences(), 0);
 }
 
+TEST_F(GatewayMeshTest, LostAttentionNodeFailsItsRequestsThenRecovers) {
+  const int port = FreePort();
+  ASSERT_GT(port, 0);
+  const std::string listen = absl::StrCat("127.0.0.1:", port);
+  auto start_node = [&] {
+    return ChildProcess::StartServer(
+        kBin + "/phimoe-attention-node",
+        {"--model", kTiny, "--expert-nodes",
+         (*experts_)[0]->address() + "," + (*experts_)[1]->address(), "--listen", listen,
+         "--kv-blocks", "64", "--block-size", "4", "--threads", "1"});
+  };
+  auto node = start_node();
+  ASSERT_TRUE(node.ok()) << node.status();
+  auto g = ChildProcess::StartServer(
+      kBin + "/phimoe-gateway", {"--model", kTiny, "--tokenizer", kTokenizer, "--attention-nodes",
+                                 listen, "--listen", "127.0.0.1:0"});
+  ASSERT_TRUE(g.ok()) << g.status();
+  auto stub = v1::InferenceService::NewStub(
+      grpc::CreateChannel((*g)->address(), grpc::InsecureChannelCredentials()));
+  ASSERT_TRUE(Generate({1, 2, 3}, 3, 0, stub.get()).status.ok());
+
+  // The node dies in the middle of a long generation: the stream ends with UNAVAILABLE (after
+  // the tokens already sent, with finish reason ERROR), and health turns NOT_SERVING.
+  Output out;
+  std::thread client([&] { out = Generate({1, 2, 3, 4}, 250, 0, stub.get()); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  (*node)->Kill();
+  client.join();
+  EXPECT_EQ(out.status.error_code(), grpc::StatusCode::UNAVAILABLE) << out.status.error_message();
+  if (!out.ids.empty()) {
+    EXPECT_EQ(out.finish, v1::FINISH_REASON_ERROR);
+  }
+  EXPECT_TRUE(WaitForHealth((*g)->address(), 2, std::chrono::seconds(10)));
+  EXPECT_EQ(Generate({1, 2, 3}, 3, 0, stub.get()).status.error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+
+  // Back on the same address: SERVING again and requests work.
+  node = start_node();
+  ASSERT_TRUE(node.ok()) << node.status();
+  EXPECT_TRUE(WaitForHealth((*g)->address(), 1, std::chrono::seconds(10)));
+  Output again = Generate({1, 2, 3}, 3, 0, stub.get());
+  EXPECT_TRUE(again.status.ok()) << again.status.error_message();
+  EXPECT_EQ(again.ids.size(), 3u);
+}
+
 TEST_F(GatewayMeshTest, RestartWhileIdleServesAgain) {
   const int64_t start = Capacity().free_blocks();
   Output before = Generate({1, 5, 6, 7}, 4);
