@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -448,6 +449,98 @@ TEST_F(GatewayMeshTest, PreemptionByRecomputeKeepsEveryOutputExact) {
   ASSERT_TRUE(node->Capacity(&context, v1::CapacityRequest(), &cap).ok());
   EXPECT_EQ(cap.free_blocks(), 24);
   EXPECT_EQ(cap.running_sequences(), 0);
+}
+
+TEST_F(GatewayMeshTest, StopRulesAndLogprobs) {
+  const std::vector<int32_t> prompt = {1, 415, 4799, 338, 263};
+  Output base = Generate(prompt, 12);
+  ASSERT_TRUE(base.status.ok());
+  ASSERT_EQ(base.ids.size(), 12u);
+
+  // A stop token id: generation ends at its first occurrence, the id reported.
+  v1::GenerateRequest req;
+  for (int32_t t : prompt) req.mutable_token_ids()->add_ids(t);
+  req.mutable_params()->set_temperature(0);
+  req.mutable_params()->set_max_tokens(12);
+  req.mutable_params()->set_ignore_eos(true);
+  req.mutable_params()->add_stop_token_ids(base.ids[4]);
+  req.mutable_params()->set_logprobs(true);
+  grpc::ClientContext c1;
+  auto reader = stub_->Generate(&c1, req);
+  std::vector<int32_t> ids;
+  std::vector<float> logprobs;
+  v1::GenerateResponse r, last;
+  while (reader->Read(&r)) {
+    ids.insert(ids.end(), r.token_ids().begin(), r.token_ids().end());
+    logprobs.insert(logprobs.end(), r.logprobs().begin(), r.logprobs().end());
+    last = r;
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  const auto first = std::find(base.ids.begin(), base.ids.end(), base.ids[4]);
+  EXPECT_EQ(ids, std::vector<int32_t>(base.ids.begin(), first + 1));
+  EXPECT_EQ(last.finish_reason(), v1::FINISH_REASON_STOP);
+  ASSERT_EQ(logprobs.size(), ids.size());
+  for (float lp : logprobs) EXPECT_LE(lp, 0.0f);
+
+  // A stop string taken from the middle of the text: the text ends just before it.
+  ASSERT_GE(base.text.size(), 8u) << base.text;
+  const std::string stop = base.text.substr(base.text.size() / 2, 3);
+  const std::string want = base.text.substr(0, base.text.find(stop));
+  v1::GenerateRequest req2;
+  for (int32_t t : prompt) req2.mutable_token_ids()->add_ids(t);
+  req2.mutable_params()->set_temperature(0);
+  req2.mutable_params()->set_max_tokens(12);
+  req2.mutable_params()->set_ignore_eos(true);
+  req2.mutable_params()->add_stop(stop);
+  grpc::ClientContext c2;
+  Output out = Collect(&c2, stub_->Generate(&c2, req2));
+  ASSERT_TRUE(out.status.ok()) << out.status.error_message();
+  EXPECT_EQ(out.text, want) << "stop string \"" << stop << "\" in \"" << base.text << "\"";
+  EXPECT_EQ(out.finish, v1::FINISH_REASON_STOP);
+}
+
+// The value of an unlabelled sample `name` in Prometheus text; -1 when absent.
+double Sample(const std::string& metrics, const std::string& name) {
+  const size_t at = metrics.find("\n" + name + " ");
+  return at == std::string::npos ? -1 : std::stod(metrics.substr(at + name.size() + 2));
+}
+
+TEST_F(GatewayMeshTest, RequestsSpreadOverTwoAttentionNodes) {
+  std::vector<std::unique_ptr<ChildProcess>> nodes;
+  std::vector<std::string> metrics, addresses;
+  for (int i = 0; i < 2; ++i) {
+    metrics.push_back(absl::StrCat("127.0.0.1:", FreePort()));
+    auto n = ChildProcess::StartServer(
+        kBin + "/phimoe-attention-node",
+        {"--model", kTiny, "--expert-nodes",
+         (*experts_)[0]->address() + "," + (*experts_)[1]->address(), "--listen", "127.0.0.1:0",
+         "--kv-blocks", "64", "--block-size", "4", "--threads", "1", "--metrics-listen",
+         metrics.back()});
+    ASSERT_TRUE(n.ok()) << n.status();
+    addresses.push_back((*n)->address());
+    nodes.push_back(std::move(*n));
+  }
+  auto g = ChildProcess::StartServer(
+      kBin + "/phimoe-gateway", {"--model", kTiny, "--tokenizer", kTokenizer, "--attention-nodes",
+                                 addresses[0] + "," + addresses[1], "--listen", "127.0.0.1:0"});
+  ASSERT_TRUE(g.ok()) << g.status();
+  auto stub = v1::InferenceService::NewStub(
+      grpc::CreateChannel((*g)->address(), grpc::InsecureChannelCredentials()));
+  std::vector<Output> outs(8);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&, i] { outs[i] = Generate({1, 50 + i, 60 + i}, 30, 0, stub.get()); });
+  }
+  for (auto& t : threads) t.join();
+  for (const Output& o : outs) EXPECT_TRUE(o.status.ok()) << o.status.error_message();
+  const std::string m0 = FetchMetrics(metrics[0]), m1 = FetchMetrics(metrics[1]);
+  if (m0.empty() || m1.empty()) GTEST_SKIP() << "curl unavailable: placement not checked";
+  const double p0 = Sample(m0, "phimoe_attention_processed_tokens_total");
+  const double p1 = Sample(m1, "phimoe_attention_processed_tokens_total");
+  EXPECT_GT(p0, 0) << "node 0 got no work";
+  EXPECT_GT(p1, 0) << "node 1 got no work";
+  // 8 requests of 3 prompt tokens and 30 generated: 8 * (3 + 29) positions computed in all.
+  EXPECT_EQ(p0 + p1, 8 * 32);
 }
 
 TEST_F(GatewayMeshTest, LostAttentionNodeFailsItsRequestsThenRecovers) {
