@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -22,6 +23,7 @@
 #include "gateway/gateway.h"
 #include "gateway/gateway_metrics.h"
 #include "gateway/gateway_service.h"
+#include "gateway/http/openai_server.h"
 #include "gateway/tokenizer/tokenizer.h"
 #include "nlohmann/json.hpp"
 
@@ -80,7 +82,8 @@ int Main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  std::string model_dir, tokenizer_dir, nodes_text, listen, metrics_listen;
+  std::string model_dir, tokenizer_dir, nodes_text, listen, metrics_listen, http_listen;
+  int64_t http_threads = 64;
   int64_t max_queue = 256, max_running = 256, max_step_tokens = 2048, prefill_chunk = 512;
   int64_t max_tokens_limit = 0, max_prompt_tokens = 0, max_prompt_bytes = 1 << 20;
   double drain_grace_seconds = 30, step_timeout_seconds = 300, retry_seconds = 30;
@@ -107,6 +110,12 @@ int Main(int argc, char** argv) {
   flags.AddString("attention-nodes", &nodes_text, "comma-separated HOST:PORT of attention nodes");
   flags.AddString("listen", &listen, "address to serve on, e.g. 0.0.0.0:50051 or 127.0.0.1:0");
   RegisterMetricsFlag(flags, &metrics_listen);
+  flags.AddString("http-listen", &http_listen,
+                  "also serve the OpenAI-compatible HTTP API (/v1/chat/completions, "
+                  "/v1/completions, /v1/models, /health) on HOST:PORT (port 0: any); the line "
+                  "`http listening on HOST:PORT` follows `listening on`");
+  flags.AddInt("http-threads", &http_threads,
+               "HTTP requests served at once (each stream holds one); more wait for a thread");
   flags.AddInt("max-queue", &max_queue, "requests waiting for admission at most");
   flags.AddInt("max-running", &max_running, "sequences running on one attention node at most");
   flags.AddInt("max-step-tokens", &max_step_tokens, "tokens computed per step and node at most");
@@ -209,6 +218,22 @@ int Main(int argc, char** argv) {
                model_dir.c_str(), gateway.nodes_up(), gateway.nodes());
   if (metrics_server != nullptr) std::printf("metrics on %s\n", metrics_server->address().c_str());
   std::printf("listening on %s:%d\n", listen.substr(0, listen.rfind(':')).c_str(), port);
+  std::unique_ptr<OpenAiServer> http;
+  if (!http_listen.empty()) {
+    OpenAiServerOptions o;
+    o.listen = http_listen;
+    o.threads = static_cast<int>(std::clamp<int64_t>(http_threads, 1, 4096));
+    o.model_name = info.model_name;
+    o.created = absl::ToUnixSeconds(absl::Now());
+    o.max_body_bytes = max_prompt_bytes * 2 + (1 << 20);
+    o.tokenizer = tok->get();
+    auto started = OpenAiServer::Start(
+        o, &service, [&gateway] { return gateway.nodes_up() > 0 && !gateway.draining(); });
+    if (!started.ok()) return Fail(1, started.status().ToString());
+    http = std::move(*started);
+    std::printf("http listening on %s:%d\n", http_listen.substr(0, http_listen.rfind(':')).c_str(),
+                http->port());
+  }
   std::fflush(stdout);
 
   // Health follows the nodes until a signal comes.
@@ -233,6 +258,7 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "%s: requests still running after the grace period were cancelled\n",
                  kProgram);
   }
+  if (http != nullptr) http->Stop();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   gateway.Stop();
   return 0;

@@ -8,6 +8,7 @@ PACKAGES=(
   libgrpc++-dev libgrpc-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev
   libabsl-dev prometheus-cpp-dev libgtest-dev libgmock-dev nlohmann-json3-dev
   prometheus
+  libcivetweb-dev
 )
 
 missing=()
@@ -40,3 +41,13 @@ if [ "$(cat "$deploy_tests/node_modules/.phimoe-lock-sha256" 2>/dev/null)" != "$
   echo "$lock_sum" > "$deploy_tests/node_modules/.phimoe-lock-sha256"
 fi
 echo "setup: deploy test packages present"
+
+# The npm `openai` SDK for the gateway's OpenAI-compatible HTTP test (tests/openai), same scheme.
+openai_tests="$(cd "$(dirname "$0")/.." && pwd)/tests/openai"
+openai_sum="$(sha256sum "$openai_tests/package-lock.json" | cut -d' ' -f1)"
+if [ "$(cat "$openai_tests/node_modules/.phimoe-lock-sha256" 2>/dev/null)" != "$openai_sum" ]; then
+  echo "setup: npm ci in tests/openai"
+  (cd "$openai_tests" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  echo "$openai_sum" > "$openai_tests/node_modules/.phimoe-lock-sha256"
+fi
+echo "setup: openai test packages present"

@@ -348,7 +348,7 @@ try {
   // --- flags against the binaries ----------------------------------------------------------------
   if (binDir) {
     // Flags issue 6 adds to binaries that exist already; tolerated (with a note) until they land.
-    const PENDING = new Set(["--http-listen"]);
+    const PENDING = new Set();
     const IMPLIED = { "phimoe-expert-entrypoint": { binary: "phimoe-expert-node", args: ["--experts", "0-15", "--node-name", "x"] } };
     const helpCache = new Map();
     const checked = new Set();
