@@ -98,6 +98,7 @@ absl::StatusOr<std::unique_ptr<ChildProcess>> ChildProcess::StartServer(
         child->address_ = std::string(line.substr(prefix.size()));
         return child;
       }
+      child->lines_before_.emplace_back(line);
       start = nl + 1;
     }
     buffer.erase(0, start);

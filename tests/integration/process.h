@@ -30,6 +30,8 @@ class ChildProcess {
 
   pid_t pid() const { return pid_; }
   const std::string& address() const { return address_; }  // "127.0.0.1:PORT"
+  // The stdout lines StartServer read before `listening on` (e.g. `metrics on ADDR`), in order.
+  const std::vector<std::string>& lines_before_listening() const { return lines_before_; }
   // SIGTERM, wait up to `grace`, then SIGKILL. Returns the exit status as from waitpid (decoded
   // with WIFEXITED/WEXITSTATUS by the caller).
   int Stop(absl::Duration grace = absl::Seconds(10));
@@ -45,6 +47,7 @@ class ChildProcess {
   pid_t pid_ = -1;
   int stdout_fd_ = -1;
   std::string address_;
+  std::vector<std::string> lines_before_;
   bool reaped_ = false;
   int status_ = 0;
 };

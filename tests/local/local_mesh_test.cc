@@ -21,11 +21,13 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/status_matchers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "phimoe/v1/inference.grpc.pb.h"
 #include "tests/integration/process.h"
+#include "tests/prometheus/http_get.h"
 #include "tools/local/health_check.h"
 
 namespace phimoe {
@@ -275,6 +277,8 @@ TEST_F(LocalMeshTest, BadFlagsExitWithCode2AndStartNothing) {
       {model + " --bogus 1", 2, "bogus"},
       {" --model '" + kTiny + "'", 2, "tokenizer.json"},
       {model + " --bin-dir /nonexistent", 1, "cannot execute /nonexistent/phimoe-expert-node"},
+      {model + " --metrics-port-base 65533", 2, "--metrics-port-base"},
+      {model + " --metrics-port-base -1", 2, "--metrics-port-base"},
   };
   for (const Bad& bad : bads) {
     std::string output;
@@ -289,6 +293,8 @@ TEST_F(LocalMeshTest, BadFlagsExitWithCode2AndStartNothing) {
   EXPECT_EQ(RunCapture("'" + kLocal + "' --help", &help), 0);
   EXPECT_THAT(help, HasSubstr("--expert-nodes"));
   EXPECT_THAT(help, HasSubstr("--bin-dir"));
+  EXPECT_THAT(help, HasSubstr("--metrics"));
+  EXPECT_THAT(help, HasSubstr("metrics on NAME HOST:PORT"));
 }
 
 // End to end with the real gateway: health, one greedy Generate through the public API, stop.
@@ -329,6 +335,38 @@ TEST_F(LocalMeshTest, RealGatewayGeneratesThenStops) {
   ASSERT_TRUE(WIFEXITED(status)) << "status " << status;
   EXPECT_EQ(WEXITSTATUS(status), 0);
   EXPECT_TRUE(AllGone(nodes, std::chrono::seconds(5)));
+  EXPECT_THAT(ChildrenOf(getpid()), ::testing::IsEmpty());
+}
+
+// --metrics: one `metrics on NAME HOST:PORT` line per node, before `listening on`, and each
+// address serves that node's Prometheus text (real nodes: the stand-in gateway has no metrics).
+TEST_F(LocalMeshTest, MetricsFlagReportsEveryNodesMetricsAddress) {
+  if (!std::filesystem::exists(kRealGateway)) {
+    GTEST_SKIP() << kRealGateway << " is not built yet";
+  }
+  ASSERT_OK_AND_ASSIGN(auto local, StartLocal("", {"--metrics"}));
+  std::vector<std::string> names;
+  std::map<std::string, std::string> addresses;
+  for (const std::string& line : local->lines_before_listening()) {
+    EXPECT_THAT(line, ::testing::StartsWith("metrics on ")) << "unexpected stdout line";
+    const std::vector<std::string> words = absl::StrSplit(line, ' ');
+    ASSERT_EQ(words.size(), 4u) << line;
+    names.push_back(words[2]);
+    addresses[words[2]] = words[3];
+  }
+  EXPECT_THAT(names, ::testing::ElementsAre("gateway", "attention", "expert-0", "expert-1"));
+  const std::map<std::string, std::string> family = {{"gateway", "phimoe_gateway_"},
+                                                     {"attention", "phimoe_attention_"},
+                                                     {"expert-0", "phimoe_expert_"},
+                                                     {"expert-1", "phimoe_expert_"}};
+  for (const auto& [name, address] : addresses) {
+    EXPECT_THAT(address, ::testing::StartsWith("127.0.0.1:")) << name;
+    auto page = ::phimoe::testing::HttpGet(address, "/metrics");
+    ASSERT_OK(page.status()) << name;
+    EXPECT_EQ(page->status, 200) << name;
+    EXPECT_THAT(page->body, HasSubstr(family.at(name))) << name;
+  }
+  EXPECT_EQ(local->Stop(absl::Seconds(120)), 0);
   EXPECT_THAT(ChildrenOf(getpid()), ::testing::IsEmpty());
 }
 

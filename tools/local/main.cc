@@ -36,14 +36,15 @@ std::string OwnBinDir() {
 int Main(int argc, char** argv) {
   local::MeshOptions options;
   std::string model_dir, tokenizer_dir, bin_dir, log_dir, host = "127.0.0.1";
-  int64_t expert_nodes = 2, port = 50051, kv_blocks = 0;
+  int64_t expert_nodes = 2, port = 50051, kv_blocks = 0, metrics_port_base = 0;
+  bool metrics = false;
   double startup_timeout_s = 120, grace_s = 40;
   CommonFlags common;
   FlagParser flags(
       kProgram,
       "--model DIR [--tokenizer DIR] [--expert-nodes N] [--port P] [--host H] [--threads N]\n"
       "    [--device cpu|cuda[:N]] [--bin-dir DIR] [--kv-blocks N] [--startup-timeout-seconds S]\n"
-      "    [--grace-seconds S] [--log-dir DIR]",
+      "    [--grace-seconds S] [--log-dir DIR] [--metrics] [--metrics-port-base P]",
       "Runs the phimoe mesh on this machine: N phimoe-expert-node processes (the model's\n"
       "experts split into N contiguous ranges, e.g. 0-7 and 8-15), one phimoe-attention-node\n"
       "and the phimoe-gateway, each a child process. The nodes listen on 127.0.0.1 with ports\n"
@@ -51,6 +52,11 @@ int Main(int argc, char** argv) {
       "once the previous one serves; then the gateway's grpc.health.v1 must report SERVING.\n"
       "Then it prints `listening on HOST:PORT` (the gateway's address) and a line with the pids\n"
       "on stdout. The nodes' stderr is forwarded to ours, each line prefixed with `[node] `.\n"
+      "--metrics: every node also serves Prometheus metrics (its --metrics-listen; the gateway\n"
+      "on --host, the others on 127.0.0.1, ports chosen by the system unless\n"
+      "--metrics-port-base P: gateway P, attention P+1, expert-0 P+2, expert-1 P+3, ...);\n"
+      "before `listening on`, one line per node: `metrics on NAME HOST:PORT` (NAME: gateway,\n"
+      "attention, expert-0, ...), scrape http://HOST:PORT/metrics.\n"
       "--threads and --device are passed to every node (--device not to the gateway).\n"
       "Ctrl-C or SIGTERM: stops the gateway (SIGTERM, so it drains), then the attention node,\n"
       "then the expert nodes, each killed if it takes longer than --grace-seconds; exit code 0.\n"
@@ -75,6 +81,11 @@ int Main(int argc, char** argv) {
                   "on stop, how long each node may take to drain after SIGTERM before SIGKILL\n"
                   "(longer than the nodes' own drain periods, 30 s by default)");
   flags.AddString("log-dir", &log_dir, "also write each node's stderr to DIR/<node>.log");
+  flags.AddBool("metrics", &metrics,
+                "Prometheus metrics on every node; prints `metrics on NAME HOST:PORT` per node");
+  flags.AddInt("metrics-port-base", &metrics_port_base,
+               "fixed metrics ports (implies --metrics): gateway P, attention P+1, expert-i "
+               "P+2+i (0: any free ports)");
   common.Register(flags);
   flags.ParseOrExit(argc, argv);
 
@@ -92,6 +103,10 @@ int Main(int argc, char** argv) {
   if (kv_blocks < 0) return Fail(2, "--kv-blocks must be >= 0");
   if (!(startup_timeout_s > 0)) return Fail(2, "--startup-timeout-seconds must be > 0");
   if (!(grace_s >= 0)) return Fail(2, "--grace-seconds must be >= 0");
+  if (metrics_port_base < 0 || metrics_port_base + 1 + expert_nodes > 65535) {
+    return Fail(2, absl::StrCat("--metrics-port-base must be 0 or leave room for ",
+                                2 + expert_nodes, " ports up to 65535, got ", metrics_port_base));
+  }
   if (tokenizer_dir.empty()) tokenizer_dir = model_dir;
   if (!std::filesystem::exists(tokenizer_dir + "/tokenizer.json")) {
     return Fail(2, absl::StrCat("--tokenizer: no tokenizer.json in ", tokenizer_dir,
@@ -119,6 +134,8 @@ int Main(int argc, char** argv) {
   options.startup_timeout = absl::Seconds(startup_timeout_s);
   options.stop_grace = absl::Seconds(grace_s);
   options.log_dir = log_dir;
+  options.metrics = metrics || metrics_port_base > 0;
+  options.metrics_port_base = metrics_port_base;
 
   local::MeshLauncher launcher(std::move(options));
   // Signals first (blocked, then read from a signalfd), so that the SIGTERM PR_SET_PDEATHSIG

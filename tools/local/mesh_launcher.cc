@@ -24,6 +24,7 @@ namespace {
 
 constexpr char kProgram[] = "phimoe-local";
 constexpr char kListening[] = "listening on ";
+constexpr char kMetricsOn[] = "metrics on ";
 
 void Say(const std::string& message) {
   std::fprintf(stderr, "%s: %s\n", kProgram, message.c_str());
@@ -104,6 +105,14 @@ absl::Status MeshLauncher::CheckBinaries() const {
     }
   }
   return absl::OkStatus();
+}
+
+void MeshLauncher::AddMetricsFlag(std::vector<std::string>& args, const std::string& host,
+                                  int64_t offset) const {
+  if (!options_.metrics) return;
+  const int64_t port = options_.metrics_port_base > 0 ? options_.metrics_port_base + offset : 0;
+  args.push_back("--metrics-listen");
+  args.push_back(absl::StrCat(host, ":", port));
 }
 
 absl::Status MeshLauncher::StartNode(const std::string& name, const std::string& binary,
@@ -225,6 +234,12 @@ void MeshLauncher::HandleLine(Node& node, const std::string& line, bool is_stdou
     node.address = line.substr(std::strlen(kListening));
     return;
   }
+  // Printed before `listening on`; we report it ourselves (Run), so it is not forwarded.
+  if (is_stdout && options_.metrics && node.address.empty() && node.metrics_address.empty() &&
+      line.rfind(kMetricsOn, 0) == 0) {
+    node.metrics_address = line.substr(std::strlen(kMetricsOn));
+    return;
+  }
   ForwardLine(node, line);
 }
 
@@ -261,7 +276,17 @@ absl::Status MeshLauncher::WaitListening(size_t first) {
     }
     bool all = true;
     for (size_t i = first; i < nodes_.size(); ++i) all = all && !nodes_[i]->address.empty();
-    if (all) return absl::OkStatus();
+    if (all) {
+      for (size_t i = first; options_.metrics && i < nodes_.size(); ++i) {
+        if (nodes_[i]->metrics_address.empty()) {
+          return absl::FailedPreconditionError(
+              absl::StrCat(nodes_[i]->name,
+                           " printed no 'metrics on' line before 'listening on' "
+                           "(a build without --metrics-listen?)"));
+        }
+      }
+      return absl::OkStatus();
+    }
     if (absl::Now() >= deadline) {
       std::vector<std::string> late;
       for (size_t i = first; i < nodes_.size(); ++i) {
@@ -306,10 +331,14 @@ absl::Status MeshLauncher::StartMesh() {
   Say(absl::StrCat("starting ", specs.size(), " expert node(s) for ", options_.model_name,
                    " (experts ", absl::StrJoin(specs, ", "), ")"));
   for (size_t i = 0; i < specs.size(); ++i) {
-    absl::Status s = StartNode(absl::StrCat("expert-", i), "phimoe-expert-node",
-                               {"--model", options_.model_dir, "--experts", specs[i], "--listen",
-                                "127.0.0.1:0", "--threads", threads, "--device", options_.device});
-    if (!s.ok()) return s;
+    std::vector<std::string> args = {"--model",  options_.model_dir, "--experts", specs[i],
+                                     "--listen", "127.0.0.1:0",      "--threads", threads,
+                                     "--device", options_.device};
+    AddMetricsFlag(args, "127.0.0.1", 2 + static_cast<int64_t>(i));
+    if (absl::Status s = StartNode(absl::StrCat("expert-", i), "phimoe-expert-node", args);
+        !s.ok()) {
+      return s;
+    }
   }
   if (absl::Status s = WaitListening(0); !s.ok()) return s;
 
@@ -323,6 +352,7 @@ absl::Status MeshLauncher::StartMesh() {
     attention_args.push_back("--kv-blocks");
     attention_args.push_back(absl::StrCat(options_.kv_blocks));
   }
+  AddMetricsFlag(attention_args, "127.0.0.1", 1);
   const size_t attention = nodes_.size();
   if (absl::Status s = StartNode("attention", "phimoe-attention-node", attention_args); !s.ok()) {
     return s;
@@ -330,11 +360,14 @@ absl::Status MeshLauncher::StartMesh() {
   if (absl::Status s = WaitListening(attention); !s.ok()) return s;
 
   const size_t gateway = nodes_.size();
-  absl::Status s =
-      StartNode("gateway", "phimoe-gateway",
-                {"--model", options_.model_dir, "--tokenizer", options_.tokenizer_dir,
-                 "--attention-nodes", nodes_[attention]->address, "--listen",
-                 absl::StrCat(options_.host, ":", options_.port), "--threads", threads});
+  std::vector<std::string> gateway_args = {
+      "--model",           options_.model_dir,
+      "--tokenizer",       options_.tokenizer_dir,
+      "--attention-nodes", nodes_[attention]->address,
+      "--listen",          absl::StrCat(options_.host, ":", options_.port),
+      "--threads",         threads};
+  AddMetricsFlag(gateway_args, options_.host, 0);
+  absl::Status s = StartNode("gateway", "phimoe-gateway", gateway_args);
   if (!s.ok()) return s;
   if (s = WaitListening(gateway); !s.ok()) return s;
   return WaitGatewayServing(nodes_[gateway]->address);
@@ -378,6 +411,15 @@ int MeshLauncher::Run() {
     std::vector<std::string> expert_pids;
     for (size_t i = 0; i + 2 < nodes_.size(); ++i)
       expert_pids.push_back(absl::StrCat(nodes_[i]->pid));
+    if (options_.metrics) {
+      // Gateway, attention, then the expert nodes; all before `listening on`, which readers wait
+      // for (so none of these lines may start with it).
+      std::vector<const Node*> order = {nodes_.back().get(), nodes_[nodes_.size() - 2].get()};
+      for (size_t i = 0; i + 2 < nodes_.size(); ++i) order.push_back(nodes_[i].get());
+      for (const Node* node : order) {
+        std::printf("%s%s %s\n", kMetricsOn, node->name.c_str(), node->metrics_address.c_str());
+      }
+    }
     std::printf("listening on %s\n", gateway.address.c_str());
     std::printf(
         "%s: serving %s at %s (gateway pid %d, attention pid %d, expert pids %s); Ctrl-C "

@@ -2,9 +2,11 @@
 // attention node, then the gateway, each layer only once the previous one prints
 // `listening on HOST:PORT`; waits for the gateway's grpc.health.v1 SERVING; then supervises until
 // SIGINT/SIGTERM or a node's death, and stops the nodes in reverse order (SIGTERM, a grace period,
-// SIGKILL). Children's stderr is forwarded to ours, one `[name] ` prefix per line. One thread, one
-// poll loop over a signalfd and the children's pipes: it never spins. It does not parse flags or
-// read the model (main.cc does).
+// SIGKILL). With metrics on, each node also gets --metrics-listen; the `metrics on HOST:PORT` line
+// it prints before `listening on` is collected and reported as `metrics on NAME HOST:PORT`.
+// Children's stderr is forwarded to ours, one `[name] ` prefix per line. One thread, one poll loop
+// over a signalfd and the children's pipes: it never spins. It does not parse flags or read the
+// model (main.cc does).
 #pragma once
 
 #include <sys/types.h>
@@ -35,6 +37,11 @@ struct MeshOptions {
   absl::Duration startup_timeout = absl::Seconds(120);  // per layer, and for gateway health
   absl::Duration stop_grace = absl::Seconds(40);        // per node, SIGTERM to SIGKILL
   std::string log_dir;  // when set, each node's stderr is also written to DIR/<name>.log
+  // Prometheus metrics on every node (--metrics-listen): the gateway on `host`, the others on
+  // 127.0.0.1. Ports: metrics_port_base (gateway), +1 (attention), +2.. (expert-0, ...), or any
+  // free port each when metrics_port_base is 0.
+  bool metrics = false;
+  int64_t metrics_port_base = 0;
 };
 
 // Contiguous expert ranges for `n_nodes` nodes: SplitExperts(16, 2) = {"0-7", "8-15"}; a node
@@ -63,6 +70,7 @@ class MeshLauncher {
     int stdout_fd = -1, stderr_fd = -1;
     std::string stdout_buf, stderr_buf;
     std::string address;          // from its `listening on` line
+    std::string metrics_address;  // from its `metrics on` line (metrics on)
     bool stop_requested = false;  // we sent it SIGTERM/SIGKILL
     bool exited = false;
     int status = 0;  // waitpid status once exited
@@ -70,6 +78,10 @@ class MeshLauncher {
   };
 
   absl::Status CheckBinaries() const;
+  // Appends `--metrics-listen HOST:PORT` to `args` when metrics are on; `offset` is the node's
+  // port offset from metrics_port_base (gateway 0, attention 1, expert-i 2 + i).
+  void AddMetricsFlag(std::vector<std::string>& args, const std::string& host,
+                      int64_t offset) const;
   // Spawns `binary` as node `name`; the node is appended to nodes_.
   absl::Status StartNode(const std::string& name, const std::string& binary,
                          const std::vector<std::string>& args);
