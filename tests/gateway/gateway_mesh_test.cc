@@ -4,6 +4,7 @@
 // cancelled stream gives its KV blocks back; overload is RESOURCE_EXHAUSTED with no accepted
 // request lost; bad requests are INVALID_ARGUMENT naming the field; a gateway restarted while idle
 // serves again; SIGTERM drains.
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -586,6 +587,49 @@ TEST_F(GatewayMeshTest, LostAttentionNodeFailsItsRequestsThenRecovers) {
   Output again = Generate({1, 2, 3}, 3, 0, stub.get());
   EXPECT_TRUE(again.status.ok()) << again.status.error_message();
   EXPECT_EQ(again.ids.size(), 3u);
+}
+
+// Server reflection (what grpcurl uses), through the generic async stub: ListServices.
+TEST_F(GatewayMeshTest, ServerReflectionListsThePublicApi) {
+  auto channel = grpc::CreateChannel(gateway_->address(), grpc::InsecureChannelCredentials());
+  grpc::GenericStub stub(channel);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  auto call = stub.PrepareCall(
+      &context, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  void* tag = nullptr;
+  bool ok = false;
+  auto step = [&](intptr_t want) {
+    EXPECT_TRUE(cq.Next(&tag, &ok));
+    EXPECT_EQ(reinterpret_cast<intptr_t>(tag), want);
+    return ok;
+  };
+  call->StartCall(reinterpret_cast<void*>(1));
+  ASSERT_TRUE(step(1));
+  // ServerReflectionRequest{list_services: ""}: field 7, length-delimited, empty.
+  grpc::Slice request_bytes("\x3a\x00", 2);
+  grpc::ByteBuffer request(&request_bytes, 1);
+  call->Write(request, reinterpret_cast<void*>(2));
+  ASSERT_TRUE(step(2));
+  call->WritesDone(reinterpret_cast<void*>(3));
+  ASSERT_TRUE(step(3));
+  grpc::ByteBuffer response;
+  call->Read(&response, reinterpret_cast<void*>(4));
+  ASSERT_TRUE(step(4)) << "no reflection answer";
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  step(5);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(response.Dump(&slices).ok());
+  std::string bytes;
+  for (const grpc::Slice& sl : slices) bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+  EXPECT_NE(bytes.find("phimoe.v1.InferenceService"), std::string::npos);
+  EXPECT_NE(bytes.find("grpc.health.v1.Health"), std::string::npos);
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
 }
 
 TEST_F(GatewayMeshTest, RestartWhileIdleServesAgain) {
