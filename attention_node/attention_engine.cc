@@ -13,7 +13,24 @@ namespace phimoe {
 
 AttentionEngine::AttentionEngine(const ModelConfig& config, const EngineOptions& options,
                                  kernels::Backend* backend, ExpertDispatcher* dispatcher)
-    : config_(config), options_(options), backend_(backend), dispatcher_(dispatcher) {}
+    : config_(config), options_(options), backend_(backend), dispatcher_(dispatcher) {
+  for (kernels::BackendBuffer* b :
+       {&x_, &h_, &q_, &k_, &v_, &attn_, &proj_, &gate_logits_, &route_w_, &experts_, &moe_,
+        &logits_, &ids_dev_, &positions_dev_, &slots_dev_, &tables_dev_, &desc_dev_,
+        &inv_freq_short_dev_, &inv_freq_long_dev_}) {
+    b->set_backend(backend);
+  }
+}
+
+namespace {
+
+// Reserves `count` elements of T in `buffer`.
+template <typename T>
+absl::Status ReserveFor(kernels::BackendBuffer& buffer, int64_t count) {
+  return buffer.Reserve(static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(T));
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<AttentionEngine>> AttentionEngine::Create(
     const ModelConfig& config, const Checkpoint& checkpoint, kernels::Backend* backend,
@@ -30,11 +47,19 @@ absl::StatusOr<std::unique_ptr<AttentionEngine>> AttentionEngine::Create(
   if (n_blocks > (int64_t{1} << 30) || n_blocks * block_bytes > (int64_t{1} << 40)) {
     return absl::InvalidArgumentError(absl::StrCat("KV cache of ", n_blocks, " blocks is too large"));
   }
-  e->kv_ = std::make_unique<KvCache>(config, n_blocks, options.block_size);
+  RETURN_IF_ERROR(e->weights_->PlaceOn(backend));
+  ASSIGN_OR_RETURN(e->kv_, KvCache::Create(config, n_blocks, options.block_size, backend));
   e->inv_freq_short_ =
       kernels::cpu::RopeInvFreq(config.rope.short_factor, config.rope_theta, config.head_dim);
   e->inv_freq_long_ =
       kernels::cpu::RopeInvFreq(config.rope.long_factor, config.rope_theta, config.head_dim);
+  if (!backend->host_memory()) {
+    for (auto [host, dev] : {std::pair{&e->inv_freq_short_, &e->inv_freq_short_dev_},
+                             std::pair{&e->inv_freq_long_, &e->inv_freq_long_dev_}}) {
+      RETURN_IF_ERROR(ReserveFor<float>(*dev, static_cast<int64_t>(host->size())));
+      backend->Upload(dev->as<void>(), host->data(), host->size() * sizeof(float));
+    }
+  }
   return e;
 }
 
@@ -145,19 +170,51 @@ absl::StatusOr<std::vector<AttentionEngine::StepOutput>> AttentionEngine::Step(
   // Token rows of the batch.
   const int64_t d = config_.d_model, hd = config_.head_dim, bs = kv_->block_size();
   const int64_t q_dim = config_.n_heads * hd, kv_dim = config_.n_kv_heads * hd;
+  const bool host = backend_->host_memory();
   ids_.resize(static_cast<size_t>(n_tokens));
   positions_.resize(static_cast<size_t>(n_tokens));
   slots_.resize(static_cast<size_t>(n_tokens));
   desc_.resize(static_cast<size_t>(n_tokens));
-  for (const Plan& p : plans) {
+  // Every sequence's block table, one after the other, where the attention op reads them.
+  tables_.clear();
+  std::vector<size_t> table_at(plans.size());
+  for (size_t i = 0; i < plans.size(); ++i) {
+    table_at[i] = tables_.size();
+    tables_.insert(tables_.end(), plans[i].seq->blocks.begin(), plans[i].seq->blocks.end());
+  }
+  if (!host) RETURN_IF_ERROR(ReserveFor<int32_t>(tables_dev_, static_cast<int64_t>(tables_.size())));
+  const int32_t* tables_base = host ? tables_.data() : tables_dev_.as<int32_t>();
+  for (size_t i = 0; i < plans.size(); ++i) {
+    const Plan& p = plans[i];
     for (int64_t pos = p.start; pos < p.end; ++pos) {
       const size_t r = static_cast<size_t>(p.row + pos - p.start);
       ids_[r] = p.seq->tokens[static_cast<size_t>(pos)];
       positions_[r] = static_cast<int32_t>(pos);
       slots_[r] = p.seq->blocks[static_cast<size_t>(pos / bs)] * static_cast<int32_t>(bs) +
                   static_cast<int32_t>(pos % bs);
-      desc_[r] = {p.seq->blocks.data(), static_cast<int32_t>(pos + 1)};
+      desc_[r] = {tables_base + table_at[i], static_cast<int32_t>(pos + 1)};
     }
+  }
+  const int32_t* ids = ids_.data();
+  const int32_t* positions = positions_.data();
+  const int32_t* slots = slots_.data();
+  const kernels::AttentionTokenDesc* desc = desc_.data();
+  if (!host) {  // the batch's bookkeeping goes to the device once per step
+    RETURN_IF_ERROR(ReserveFor<int32_t>(ids_dev_, n_tokens));
+    RETURN_IF_ERROR(ReserveFor<int32_t>(positions_dev_, n_tokens));
+    RETURN_IF_ERROR(ReserveFor<int32_t>(slots_dev_, n_tokens));
+    RETURN_IF_ERROR(ReserveFor<kernels::AttentionTokenDesc>(desc_dev_, n_tokens));
+    backend_->Upload(tables_dev_.as<void>(), tables_.data(), tables_.size() * sizeof(int32_t));
+    backend_->Upload(ids_dev_.as<void>(), ids_.data(), ids_.size() * sizeof(int32_t));
+    backend_->Upload(positions_dev_.as<void>(), positions_.data(),
+                     positions_.size() * sizeof(int32_t));
+    backend_->Upload(slots_dev_.as<void>(), slots_.data(), slots_.size() * sizeof(int32_t));
+    backend_->Upload(desc_dev_.as<void>(), desc_.data(),
+                     desc_.size() * sizeof(kernels::AttentionTokenDesc));
+    ids = ids_dev_.as<int32_t>();
+    positions = positions_dev_.as<int32_t>();
+    slots = slots_dev_.as<int32_t>();
+    desc = desc_dev_.as<kernels::AttentionTokenDesc>();
   }
 
   auto fail = [&](const absl::Status& status) {
@@ -172,72 +229,111 @@ absl::StatusOr<std::vector<AttentionEngine::StepOutput>> AttentionEngine::Step(
   };
 
   const AttentionWeights& w = *weights_;
-  x_.resize(static_cast<size_t>(n_tokens * d));
-  h_.resize(static_cast<size_t>(n_tokens * d));
-  q_.resize(static_cast<size_t>(n_tokens * q_dim));
-  k_.resize(static_cast<size_t>(n_tokens * kv_dim));
-  v_.resize(static_cast<size_t>(n_tokens * kv_dim));
-  attn_.resize(static_cast<size_t>(n_tokens * q_dim));
-  proj_.resize(static_cast<size_t>(n_tokens * d));
-  moe_.resize(static_cast<size_t>(n_tokens * d));
-  gate_logits_.resize(static_cast<size_t>(n_tokens * config_.n_experts));
-  experts_.resize(static_cast<size_t>(n_tokens * 2));
-  route_w_.resize(static_cast<size_t>(n_tokens * 2));
+  const int64_t n_exp = config_.n_experts;
+  RETURN_IF_ERROR(ReserveFor<float>(x_, n_tokens * d));
+  RETURN_IF_ERROR(ReserveFor<float>(h_, n_tokens * d));
+  RETURN_IF_ERROR(ReserveFor<float>(q_, n_tokens * q_dim));
+  RETURN_IF_ERROR(ReserveFor<float>(k_, n_tokens * kv_dim));
+  RETURN_IF_ERROR(ReserveFor<float>(v_, n_tokens * kv_dim));
+  RETURN_IF_ERROR(ReserveFor<float>(attn_, n_tokens * q_dim));
+  RETURN_IF_ERROR(ReserveFor<float>(proj_, n_tokens * d));
+  RETURN_IF_ERROR(ReserveFor<float>(moe_, n_tokens * d));
+  RETURN_IF_ERROR(ReserveFor<float>(gate_logits_, n_tokens * n_exp));
+  RETURN_IF_ERROR(ReserveFor<int32_t>(experts_, n_tokens * 2));
+  RETURN_IF_ERROR(ReserveFor<float>(route_w_, n_tokens * 2));
+  float* x = x_.as<float>();
+  float* h = h_.as<float>();
+  float* q = q_.as<float>();
+  float* k = k_.as<float>();
+  float* v = v_.as<float>();
+  float* attn = attn_.as<float>();
+  float* proj = proj_.as<float>();
+  float* moe = moe_.as<float>();
+  float* gate_logits = gate_logits_.as<float>();
+  int32_t* experts = experts_.as<int32_t>();
+  float* route_w = route_w_.as<float>();
+  // Host views of backend memory for an observer (copies on a device backend).
+  auto host_view = [&](const float* p, int64_t n, std::vector<float>& copy) -> const float* {
+    if (host) return p;
+    copy.resize(static_cast<size_t>(n));
+    backend_->Download(copy.data(), p, static_cast<size_t>(n) * sizeof(float));
+    return copy.data();
+  };
 
-  for (int64_t t = 0; t < n_tokens; ++t) {
-    const bf16_t* row = w.embed.data + static_cast<int64_t>(ids_[static_cast<size_t>(t)]) * d;
-    float* dst = x_.data() + t * d;
-    for (int64_t i = 0; i < d; ++i) dst[i] = Bf16ToFloat(row[i]);
-  }
-  if (observer) observer->OnResidual(-1, x_.data(), n_tokens, d);
+  backend_->Embedding(ids, n_tokens, w.embed, x);
+  if (observer) observer->OnResidual(-1, host_view(x, n_tokens * d, observe_host_), n_tokens, d);
 
   const float eps = static_cast<float>(config_.norm_eps);
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const float* inv_short = host ? inv_freq_short_.data() : inv_freq_short_dev_.as<float>();
+  const float* inv_long = host ? inv_freq_long_.data() : inv_freq_long_dev_.as<float>();
   for (int64_t l = 0; l < config_.n_layers; ++l) {
     const AttentionLayerWeights& lw = w.layers[static_cast<size_t>(l)];
-    backend_->LayerNorm(x_.data(), n_tokens, d, lw.input_norm_w, lw.input_norm_b, eps, h_.data());
-    const kernels::MatMulProblem qkv[3] = {{h_.data(), n_tokens, lw.q, lw.q_b, q_.data()},
-                                           {h_.data(), n_tokens, lw.k, lw.k_b, k_.data()},
-                                           {h_.data(), n_tokens, lw.v, lw.v_b, v_.data()}};
+    backend_->LayerNorm(x, n_tokens, d, lw.input_norm_w, lw.input_norm_b, eps, h);
+    const kernels::MatMulProblem qkv[3] = {{h, n_tokens, lw.q, lw.q_b, q},
+                                           {h, n_tokens, lw.k, lw.k_b, k},
+                                           {h, n_tokens, lw.v, lw.v_b, v}};
     backend_->MatMulGroup(qkv, 3);
     for (const Plan& p : plans) {
       const int64_t n = p.end - p.start;
-      const float* inv = p.use_long ? inv_freq_long_.data() : inv_freq_short_.data();
+      const float* inv = p.use_long ? inv_long : inv_short;
       const float mscale = static_cast<float>(p.use_long ? config_.rope.long_mscale
                                                          : config_.rope.short_mscale);
-      const int32_t* pos = positions_.data() + p.row;
-      backend_->Rope(q_.data() + p.row * q_dim, n, q_dim, config_.n_heads, hd, pos, inv, mscale);
-      backend_->Rope(k_.data() + p.row * kv_dim, n, kv_dim, config_.n_kv_heads, hd, pos, inv,
-                     mscale);
+      const int32_t* pos = positions + p.row;
+      backend_->Rope(q + p.row * q_dim, n, q_dim, config_.n_heads, hd, pos, inv, mscale);
+      backend_->Rope(k + p.row * kv_dim, n, kv_dim, config_.n_kv_heads, hd, pos, inv, mscale);
     }
     const kernels::KvLayerView kv = kv_->Layer(l);
-    backend_->KvAppend(k_.data(), kv_dim, v_.data(), kv_dim, n_tokens, slots_.data(), kv);
-    backend_->Attention(q_.data(), q_dim, n_tokens, config_.n_heads, desc_.data(), kv, scale,
-                        attn_.data());
-    backend_->MatMul(attn_.data(), n_tokens, lw.o, lw.o_b, proj_.data());
-    for (int64_t i = 0; i < n_tokens * d; ++i) x_[static_cast<size_t>(i)] += proj_[static_cast<size_t>(i)];
+    backend_->KvAppend(k, kv_dim, v, kv_dim, n_tokens, slots, kv);
+    backend_->Attention(q, q_dim, n_tokens, config_.n_heads, desc, kv, scale, attn);
+    backend_->MatMul(attn, n_tokens, lw.o, lw.o_b, proj);
+    backend_->Add(x, proj, n_tokens * d);
 
-    backend_->LayerNorm(x_.data(), n_tokens, d, lw.post_norm_w, lw.post_norm_b, eps, h_.data());
-    backend_->MatMul(h_.data(), n_tokens, lw.gate, nullptr, gate_logits_.data());
-    backend_->SparseMixerTop2(gate_logits_.data(), n_tokens, config_.n_experts,
-                              static_cast<float>(config_.router_jitter_noise), experts_.data(),
-                              route_w_.data());
-    if (observer) {
-      observer->OnRouting(static_cast<int>(l), gate_logits_.data(), experts_.data(),
-                          route_w_.data(), n_tokens, config_.n_experts);
-    }
+    backend_->LayerNorm(x, n_tokens, d, lw.post_norm_w, lw.post_norm_b, eps, h);
+    backend_->MatMul(h, n_tokens, lw.gate, nullptr, gate_logits);
+    backend_->SparseMixerTop2(gate_logits, n_tokens, n_exp,
+                              static_cast<float>(config_.router_jitter_noise), experts, route_w);
+    // The MoE crosses on the host (to expert nodes, or to the in-process expert side).
     MoeRequest req;
     req.layer = static_cast<int32_t>(l);
     req.n_tokens = n_tokens;
     req.d_model = d;
-    req.hidden = h_.data();
-    req.experts = experts_.data();
-    req.weights = route_w_.data();
-    if (absl::Status s = dispatcher_->Dispatch(req, moe_.data()); !s.ok()) {
-      return fail(Annotate(s, absl::StrCat("layer ", l, " expert dispatch")));
+    float* moe_out = moe;
+    if (host) {
+      req.hidden = h;
+      req.experts = experts;
+      req.weights = route_w;
+    } else {
+      hidden_host_.resize(static_cast<size_t>(n_tokens * d));
+      experts_host_.resize(static_cast<size_t>(n_tokens * 2));
+      route_w_host_.resize(static_cast<size_t>(n_tokens * 2));
+      moe_host_.resize(static_cast<size_t>(n_tokens * d));
+      backend_->Download(hidden_host_.data(), h, hidden_host_.size() * sizeof(float));
+      backend_->Download(experts_host_.data(), experts, experts_host_.size() * sizeof(int32_t));
+      backend_->Download(route_w_host_.data(), route_w, route_w_host_.size() * sizeof(float));
+      req.hidden = hidden_host_.data();
+      req.experts = experts_host_.data();
+      req.weights = route_w_host_.data();
+      moe_out = moe_host_.data();
     }
-    for (int64_t i = 0; i < n_tokens * d; ++i) x_[static_cast<size_t>(i)] += moe_[static_cast<size_t>(i)];
-    if (observer) observer->OnResidual(static_cast<int>(l), x_.data(), n_tokens, d);
+    if (observer) {
+      observer->OnRouting(static_cast<int>(l), host_view(gate_logits, n_tokens * n_exp, observe_host_),
+                          req.experts, req.weights, n_tokens, n_exp);
+    }
+    if (!host) {
+      if (absl::Status st = backend_->Synchronize(); !st.ok()) {
+        return fail(Annotate(st, absl::StrCat("layer ", l, " on the backend")));
+      }
+    }
+    if (absl::Status st = dispatcher_->Dispatch(req, moe_out); !st.ok()) {
+      return fail(Annotate(st, absl::StrCat("layer ", l, " expert dispatch")));
+    }
+    if (!host) backend_->Upload(moe, moe_host_.data(), moe_host_.size() * sizeof(float));
+    backend_->Add(x, moe, n_tokens * d);
+    if (observer) {
+      observer->OnResidual(static_cast<int>(l), host_view(x, n_tokens * d, observe_host_), n_tokens,
+                           d);
+    }
   }
 
   // Final norm and lm_head on the rows that need logits.
@@ -251,20 +347,30 @@ absl::StatusOr<std::vector<AttentionEngine::StepOutput>> AttentionEngine::Step(
       p.logits_row = n_rows++;
     }
   }
+  const size_t row_bytes = static_cast<size_t>(d) * sizeof(float);
   if (all_rows) {
-    std::copy(x_.begin(), x_.begin() + n_tokens * d, h_.begin());
+    backend_->Copy(h, x, static_cast<size_t>(n_tokens) * row_bytes);
   } else {
     for (const Plan& p : plans) {
       if (!p.sample) continue;
-      const float* src = x_.data() + (p.row + (p.end - p.start) - 1) * d;
-      std::copy(src, src + d, h_.data() + p.logits_row * d);
+      backend_->Copy(h + p.logits_row * d, x + (p.row + (p.end - p.start) - 1) * d, row_bytes);
     }
   }
-  backend_->LayerNorm(h_.data(), n_rows, d, w.final_norm_w, w.final_norm_b, eps, h_.data());
-  if (observer) observer->OnFinalNorm(h_.data(), n_rows, d);
-  logits_.resize(static_cast<size_t>(n_rows * config_.vocab_size));
-  backend_->MatMul(h_.data(), n_rows, w.lm_head, w.lm_head_b, logits_.data());
-  if (observer) observer->OnLogits(logits_.data(), n_rows, config_.vocab_size);
+  backend_->LayerNorm(h, n_rows, d, w.final_norm_w, w.final_norm_b, eps, h);
+  if (observer) observer->OnFinalNorm(host_view(h, n_rows * d, observe_host_), n_rows, d);
+  const int64_t vocab = config_.vocab_size;
+  RETURN_IF_ERROR(ReserveFor<float>(logits_, n_rows * vocab));
+  backend_->MatMul(h, n_rows, w.lm_head, w.lm_head_b, logits_.as<float>());
+  const float* logits = logits_.as<float>();
+  if (!host) {  // sampling runs on the host
+    logits_host_.resize(static_cast<size_t>(n_rows * vocab));
+    backend_->Download(logits_host_.data(), logits, logits_host_.size() * sizeof(float));
+    logits = logits_host_.data();
+  }
+  if (absl::Status st = backend_->Synchronize(); !st.ok()) {
+    return fail(Annotate(st, "backend"));
+  }
+  if (observer) observer->OnLogits(logits, n_rows, vocab);
 
   std::vector<StepOutput> out;
   out.reserve(plans.size());
@@ -279,7 +385,7 @@ absl::StatusOr<std::vector<AttentionEngine::StepOutput>> AttentionEngine::Step(
     o.processed = p.end - p.start;
     o.recomputed = recomputed;
     if (p.sample) {
-      const float* row = logits_.data() + p.logits_row * config_.vocab_size;
+      const float* row = logits + p.logits_row * config_.vocab_size;
       o.sampled = true;
       kernels::cpu::Rng rng = kernels::cpu::Rng::ForPosition(s.sampling.seed, s.tokens.size());
       o.token = sampler_.Sample(row, config_.vocab_size, options_.n_valid_tokens, s.sampling, rng,

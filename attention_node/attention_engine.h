@@ -21,6 +21,7 @@
 #include "attention_node/kv_cache.h"
 #include "common/model_config.h"
 #include "kernels/backend.h"
+#include "kernels/backend_buffer.h"
 #include "kernels/cpu/sampling.h"
 #include "router/expert_dispatcher.h"
 
@@ -128,10 +129,17 @@ class AttentionEngine {
   std::map<SequenceId, Sequence> seqs_;
   kernels::cpu::Sampler sampler_;
 
-  // Per-step scratch, reused.
-  std::vector<int32_t> ids_, positions_, slots_, experts_;
+  // Per-step scratch, reused. Host side: the batch's bookkeeping, and on a device backend the
+  // copies of what crosses to the host (the MoE dispatch, sampling, an observer).
+  std::vector<int32_t> ids_, positions_, slots_, tables_;
   std::vector<kernels::AttentionTokenDesc> desc_;
-  std::vector<float> x_, h_, q_, k_, v_, attn_, proj_, gate_logits_, route_w_, moe_, logits_;
+  std::vector<float> hidden_host_, moe_host_, route_w_host_, logits_host_, observe_host_;
+  std::vector<int32_t> experts_host_;
+  // Backend memory (host memory for the CPU backend: then the host side is used in place).
+  kernels::BackendBuffer x_, h_, q_, k_, v_, attn_, proj_, gate_logits_, route_w_, experts_, moe_,
+      logits_;
+  kernels::BackendBuffer ids_dev_, positions_dev_, slots_dev_, tables_dev_, desc_dev_,
+      inv_freq_short_dev_, inv_freq_long_dev_;
 };
 
 }  // namespace phimoe

@@ -52,4 +52,38 @@ absl::StatusOr<std::unique_ptr<AttentionWeights>> AttentionWeights::Load(
   return w;
 }
 
+absl::Status AttentionWeights::PlaceOn(kernels::Backend* backend) {
+  if (backend->host_memory()) return absl::OkStatus();
+  device.set_backend(backend);
+  auto place = [&](const bf16_t*& p, int64_t n) -> absl::Status {
+    if (p == nullptr) return absl::OkStatus();
+    ASSIGN_OR_RETURN(void* d, device.Upload(p, static_cast<size_t>(n) * sizeof(bf16_t)));
+    p = static_cast<const bf16_t*>(d);
+    return absl::OkStatus();
+  };
+  auto place_matrix = [&](kernels::Bf16Matrix& m) { return place(m.data, m.rows * m.cols); };
+  RETURN_IF_ERROR(place_matrix(embed));
+  for (AttentionLayerWeights& lw : layers) {
+    const int64_t d = lw.q.cols;
+    RETURN_IF_ERROR(place(lw.input_norm_w, d));
+    RETURN_IF_ERROR(place(lw.input_norm_b, d));
+    RETURN_IF_ERROR(place_matrix(lw.q));
+    RETURN_IF_ERROR(place_matrix(lw.k));
+    RETURN_IF_ERROR(place_matrix(lw.v));
+    RETURN_IF_ERROR(place_matrix(lw.o));
+    RETURN_IF_ERROR(place(lw.q_b, lw.q.rows));
+    RETURN_IF_ERROR(place(lw.k_b, lw.k.rows));
+    RETURN_IF_ERROR(place(lw.v_b, lw.v.rows));
+    RETURN_IF_ERROR(place(lw.o_b, lw.o.rows));
+    RETURN_IF_ERROR(place(lw.post_norm_w, d));
+    RETURN_IF_ERROR(place(lw.post_norm_b, d));
+    RETURN_IF_ERROR(place_matrix(lw.gate));
+  }
+  RETURN_IF_ERROR(place(final_norm_w, embed.cols));
+  RETURN_IF_ERROR(place(final_norm_b, embed.cols));
+  RETURN_IF_ERROR(place_matrix(lm_head));
+  RETURN_IF_ERROR(place(lm_head_b, lm_head.rows));
+  return absl::OkStatus();
+}
+
 }  // namespace phimoe

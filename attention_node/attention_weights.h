@@ -9,6 +9,7 @@
 #include "common/safetensors.h"
 #include "common/weights.h"
 #include "kernels/backend.h"
+#include "kernels/backend_buffer.h"
 
 namespace phimoe {
 
@@ -33,6 +34,11 @@ struct AttentionWeights {
   kernels::Bf16Matrix lm_head;  // [vocab, d]
   const bf16_t* lm_head_b = nullptr;
   WeightArena arena;
+  kernels::BackendArena device;  // the copies PlaceOn made
+
+  // Copies every tensor into `backend`'s memory when that is not host memory (a GPU) and points
+  // the fields there; a no-op for a host backend. RESOURCE_EXHAUSTED when it does not fit.
+  absl::Status PlaceOn(kernels::Backend* backend);
 
   // Loads (maps) every non-expert tensor with the shapes `config` implies. Biases are required
   // when config.attention_bias / lm_head_bias say so.

@@ -104,6 +104,13 @@ absl::StatusOr<std::unique_ptr<ExpertCompute>> ExpertCompute::Create(const Model
       ffn.w1 = {w1, f, d};
       ffn.w2 = {w2, d, f};
       ffn.w3 = {w3, f, d};
+      if (!backend->host_memory()) {  // a device backend computes from its own copies
+        for (kernels::Bf16Matrix* m : {&ffn.w1, &ffn.w2, &ffn.w3}) {
+          ASSIGN_OR_RETURN(void* dev, c->device_.Upload(m->data, static_cast<size_t>(m->rows * m->cols) *
+                                                                     sizeof(bf16_t)));
+          m->data = static_cast<const bf16_t*>(dev);
+        }
+      }
     }
   }
   return c;
@@ -138,40 +145,59 @@ absl::Status ExpertCompute::Run(int32_t layer, const float* hidden, int64_t n_to
           static_cast<int32_t>(i);
     }
   }
-  // Gather every assignment's row, grouped by expert (row i of the block is order_[i]).
+  // Gather every assignment's row, grouped by expert (row i of the block is order_[i]), on the
+  // host; on a device backend the block goes over once and the products come back once.
+  const bool host = backend_->host_memory();
   const int64_t m = static_cast<int64_t>(assignments.size());
-  rows_.resize(static_cast<size_t>(m * d));
-  gate_.resize(static_cast<size_t>(m * f));
-  up_.resize(static_cast<size_t>(m * f));
-  down_.resize(static_cast<size_t>(m * d));
+  const size_t m_rows = static_cast<size_t>(std::max<int64_t>(m, 1));
+  RETURN_IF_ERROR(rows_.Reserve(m_rows * static_cast<size_t>(d) * sizeof(float)));
+  RETURN_IF_ERROR(gate_.Reserve(m_rows * static_cast<size_t>(f) * sizeof(float)));
+  RETURN_IF_ERROR(up_.Reserve(m_rows * static_cast<size_t>(f) * sizeof(float)));
+  RETURN_IF_ERROR(down_.Reserve(m_rows * static_cast<size_t>(d) * sizeof(float)));
+  float* rows = rows_.as<float>();
+  float* gate = gate_.as<float>();
+  float* up = up_.as<float>();
+  float* down = down_.as<float>();
+  float* rows_host = rows;
+  if (!host) {
+    rows_host_.resize(static_cast<size_t>(m * d));
+    rows_host = rows_host_.data();
+  }
   for (int64_t i = 0; i < m; ++i) {
     const ExpertAssignment& a = assignments[static_cast<size_t>(order_[static_cast<size_t>(i)])];
-    std::copy(hidden + a.token * d, hidden + (a.token + 1) * d, rows_.data() + i * d);
+    std::copy(hidden + a.token * d, hidden + (a.token + 1) * d, rows_host + i * d);
   }
+  if (!host) backend_->Upload(rows, rows_host, static_cast<size_t>(m * d) * sizeof(float));
   // All experts' gate and up products in one parallel region, SwiGLU, then all down products.
   problems_.clear();
   for (int64_t e = 0; e < n_exp; ++e) {
     const int64_t begin = offsets_[static_cast<size_t>(e)], n = offsets_[static_cast<size_t>(e + 1)] - begin;
     if (n == 0) continue;
     const Ffn& ffn = ffn_[static_cast<size_t>(layer * n_exp + e)];
-    problems_.push_back({rows_.data() + begin * d, n, ffn.w1, nullptr, gate_.data() + begin * f});
-    problems_.push_back({rows_.data() + begin * d, n, ffn.w3, nullptr, up_.data() + begin * f});
+    problems_.push_back({rows + begin * d, n, ffn.w1, nullptr, gate + begin * f});
+    problems_.push_back({rows + begin * d, n, ffn.w3, nullptr, up + begin * f});
   }
   backend_->MatMulGroup(problems_.data(), static_cast<int64_t>(problems_.size()));
-  backend_->SwiGlu(gate_.data(), up_.data(), m * f, gate_.data());
+  backend_->SwiGlu(gate, up, m * f, gate);
   problems_.clear();
   for (int64_t e = 0; e < n_exp; ++e) {
     const int64_t begin = offsets_[static_cast<size_t>(e)], n = offsets_[static_cast<size_t>(e + 1)] - begin;
     if (n == 0) continue;
     const Ffn& ffn = ffn_[static_cast<size_t>(layer * n_exp + e)];
-    problems_.push_back({gate_.data() + begin * f, n, ffn.w2, nullptr, down_.data() + begin * d});
+    problems_.push_back({gate + begin * f, n, ffn.w2, nullptr, down + begin * d});
   }
   backend_->MatMulGroup(problems_.data(), static_cast<int64_t>(problems_.size()));
+  const float* down_host = down;
+  if (!host) {
+    down_host_.resize(static_cast<size_t>(m * d));
+    backend_->Download(down_host_.data(), down, down_host_.size() * sizeof(float));
+    down_host = down_host_.data();
+  }
   // Scatter with the routing weights, experts in ascending id as the reference sums them.
   for (int64_t i = 0; i < m; ++i) {
     const ExpertAssignment& a = assignments[static_cast<size_t>(order_[static_cast<size_t>(i)])];
     float* dst = out + a.token * d;
-    const float* src = down_.data() + i * d;
+    const float* src = down_host + i * d;
     for (int64_t k = 0; k < d; ++k) dst[k] += src[k] * a.weight;
   }
   return absl::OkStatus();

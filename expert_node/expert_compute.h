@@ -14,6 +14,7 @@
 #include "common/safetensors.h"
 #include "common/weights.h"
 #include "kernels/backend.h"
+#include "kernels/backend_buffer.h"
 
 namespace phimoe {
 
@@ -65,16 +66,25 @@ class ExpertCompute {
     kernels::Bf16Matrix w1, w2, w3;  // gate [d_ff, d], down [d, d_ff], up [d_ff, d]
   };
   ExpertCompute(const ModelConfig& config, const ExpertSet& experts, kernels::Backend* backend)
-      : config_(config), experts_(experts), backend_(backend) {}
+      : config_(config),
+        experts_(experts),
+        backend_(backend),
+        device_(backend),
+        rows_(backend),
+        gate_(backend),
+        up_(backend),
+        down_(backend) {}
 
   ModelConfig config_;
   ExpertSet experts_;
   kernels::Backend* backend_;
   WeightArena arena_;
+  kernels::BackendArena device_;  // the hosted experts' weights on a device backend
   std::vector<Ffn> ffn_;  // [layer * n_experts + expert]; empty matrices when not hosted
-  // Scratch reused across calls.
+  // Scratch reused across calls: backend memory, plus host copies on a device backend.
   std::vector<int32_t> order_, offsets_;
-  std::vector<float> rows_, gate_, up_, down_;
+  kernels::BackendBuffer rows_, gate_, up_, down_;
+  std::vector<float> rows_host_, down_host_;
   std::vector<kernels::MatMulProblem> problems_;
 };
 

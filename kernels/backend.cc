@@ -1,10 +1,46 @@
 // Backend factory: maps a --device string to a backend.
 #include "kernels/backend.h"
 
+#include <cstring>
+#include <new>
+
 #include "absl/strings/str_cat.h"
 #include "common/flags.h"
 
 namespace phimoe::kernels {
+
+void* Backend::Allocate(size_t bytes) {
+  return ::operator new(bytes == 0 ? 64 : bytes, std::align_val_t(64), std::nothrow);
+}
+
+void Backend::Free(void* p) {
+  if (p != nullptr) ::operator delete(p, std::align_val_t(64));
+}
+
+void Backend::Upload(void* dst, const void* host_src, size_t bytes) {
+  if (bytes > 0) std::memcpy(dst, host_src, bytes);
+}
+
+void Backend::Download(void* host_dst, const void* src, size_t bytes) {
+  if (bytes > 0) std::memcpy(host_dst, src, bytes);
+}
+
+void Backend::Copy(void* dst, const void* src, size_t bytes) {
+  if (bytes > 0) std::memmove(dst, src, bytes);
+}
+
+void Backend::Embedding(const int32_t* ids, int64_t n_tokens, const Bf16Matrix& table,
+                        float* out) {
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    const bf16_t* row = table.data + static_cast<int64_t>(ids[t]) * table.cols;
+    float* dst = out + t * table.cols;
+    for (int64_t i = 0; i < table.cols; ++i) dst[i] = Bf16ToFloat(row[i]);
+  }
+}
+
+void Backend::Add(float* x, const float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+}
 
 #ifndef PHIMOE_HAVE_CUDA
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int ordinal) {

@@ -102,6 +102,30 @@ class Backend {
 
   // out[i] = silu(gate[i]) · up[i] for i < n (silu(x) = x / (1 + e^-x)). out may alias gate.
   virtual void SwiGlu(const float* gate, const float* up, int64_t n, float* out) = 0;
+
+  // --- Memory and the engine's small ops. The defaults are the host-memory ones (the CPU
+  // backend's); a device backend overrides them all. Ops run in issue order; Download waits for
+  // the ops before it.
+
+  // True when the backend's memory is host memory (pointers usable directly by the caller).
+  virtual bool host_memory() const { return true; }
+  // `bytes` of backend memory, 64-byte aligned, not initialised; nullptr when out of memory.
+  virtual void* Allocate(size_t bytes);
+  virtual void Free(void* p);
+  // Host → backend, backend → host, backend → backend.
+  virtual void Upload(void* dst, const void* host_src, size_t bytes);
+  virtual void Download(void* host_dst, const void* src, size_t bytes);
+  virtual void Copy(void* dst, const void* src, size_t bytes);
+
+  // out[t, :] = table[ids[t], :] as fp32 (ids checked by the caller).
+  virtual void Embedding(const int32_t* ids, int64_t n_tokens, const Bf16Matrix& table, float* out);
+  // x[i] += y[i] for i < n.
+  virtual void Add(float* x, const float* y, int64_t n);
+
+  // Waits for the ops issued so far and returns the first error any of them hit since the last
+  // call (a device backend's ops are asynchronous and cannot fail one by one). Host backends
+  // never fail.
+  virtual absl::Status Synchronize() { return absl::OkStatus(); }
 };
 
 // Activation precision of the matrix products. kFp32 is the reference (what golden checks need);
