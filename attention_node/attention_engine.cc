@@ -39,8 +39,20 @@ absl::StatusOr<std::unique_ptr<AttentionEngine>> AttentionEngine::Create(
     return absl::InvalidArgumentError("KV block size must be in 1..4096");
   }
   if (options.max_seq_len <= 0) return absl::InvalidArgumentError("max_seq_len must be positive");
+  ASSIGN_OR_RETURN(std::unique_ptr<AttentionWeights> weights,
+                   AttentionWeights::Load(config, checkpoint));
+  return Create(config, std::move(weights), backend, dispatcher, options);
+}
+
+absl::StatusOr<std::unique_ptr<AttentionEngine>> AttentionEngine::Create(
+    const ModelConfig& config, std::unique_ptr<AttentionWeights> weights,
+    kernels::Backend* backend, ExpertDispatcher* dispatcher, const EngineOptions& options) {
+  if (options.block_size <= 0 || options.block_size > 4096) {
+    return absl::InvalidArgumentError("KV block size must be in 1..4096");
+  }
+  if (options.max_seq_len <= 0) return absl::InvalidArgumentError("max_seq_len must be positive");
   std::unique_ptr<AttentionEngine> e(new AttentionEngine(config, options, backend, dispatcher));
-  ASSIGN_OR_RETURN(e->weights_, AttentionWeights::Load(config, checkpoint));
+  e->weights_ = std::move(weights);
   int64_t n_blocks = options.kv_blocks;
   const int64_t block_bytes = KvCache::BytesPerToken(config) * options.block_size;
   if (n_blocks <= 0) n_blocks = std::max<int64_t>(1, options.kv_memory_bytes / block_bytes);

@@ -75,6 +75,11 @@ class AttentionEngine {
                                                                  ExpertDispatcher* dispatcher,
                                                                  const EngineOptions& options);
 
+  // With weights already built (AttentionWeights::Synthetic, or loaded by the caller).
+  static absl::StatusOr<std::unique_ptr<AttentionEngine>> Create(
+      const ModelConfig& config, std::unique_ptr<AttentionWeights> weights,
+      kernels::Backend* backend, ExpertDispatcher* dispatcher, const EngineOptions& options);
+
   const ModelConfig& config() const { return config_; }
   const EngineOptions& options() const { return options_; }
 

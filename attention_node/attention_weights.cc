@@ -6,54 +6,88 @@
 
 namespace phimoe {
 
-absl::StatusOr<std::unique_ptr<AttentionWeights>> AttentionWeights::Load(
-    const ModelConfig& config, const Checkpoint& ckpt) {
-  auto w = std::make_unique<AttentionWeights>();
+namespace {
+
+// Fills every field of `w` from `get`.
+absl::Status Build(const ModelConfig& config, const TensorSource& get, AttentionWeights* w) {
   const int64_t d = config.d_model, hd = config.head_dim;
   const int64_t q_out = config.n_heads * hd, kv_out = config.n_kv_heads * hd;
-  WeightArena& a = w->arena;
   ASSIGN_OR_RETURN(const bf16_t* embed,
-                   LoadBf16(ckpt, "model.embed_tokens.weight", {config.vocab_size, d}, a,
-                            /*prefetch=*/false));
+                   get("model.embed_tokens.weight", {config.vocab_size, d}, /*prefetch=*/false));
   w->embed = {embed, config.vocab_size, d};
   w->layers.resize(static_cast<size_t>(config.n_layers));
   for (int64_t l = 0; l < config.n_layers; ++l) {
     AttentionLayerWeights& lw = w->layers[static_cast<size_t>(l)];
     const std::string p = absl::StrCat("model.layers.", l, ".");
-    ASSIGN_OR_RETURN(lw.input_norm_w, LoadBf16(ckpt, p + "input_layernorm.weight", {d}, a));
-    ASSIGN_OR_RETURN(lw.input_norm_b, LoadBf16(ckpt, p + "input_layernorm.bias", {d}, a));
-    ASSIGN_OR_RETURN(const bf16_t* q, LoadBf16(ckpt, p + "self_attn.q_proj.weight", {q_out, d}, a));
-    ASSIGN_OR_RETURN(const bf16_t* k, LoadBf16(ckpt, p + "self_attn.k_proj.weight", {kv_out, d}, a));
-    ASSIGN_OR_RETURN(const bf16_t* v, LoadBf16(ckpt, p + "self_attn.v_proj.weight", {kv_out, d}, a));
-    ASSIGN_OR_RETURN(const bf16_t* o, LoadBf16(ckpt, p + "self_attn.o_proj.weight", {d, q_out}, a));
+    ASSIGN_OR_RETURN(lw.input_norm_w, get(p + "input_layernorm.weight", {d}, true));
+    ASSIGN_OR_RETURN(lw.input_norm_b, get(p + "input_layernorm.bias", {d}, true));
+    ASSIGN_OR_RETURN(const bf16_t* q, get(p + "self_attn.q_proj.weight", {q_out, d}, true));
+    ASSIGN_OR_RETURN(const bf16_t* k, get(p + "self_attn.k_proj.weight", {kv_out, d}, true));
+    ASSIGN_OR_RETURN(const bf16_t* v, get(p + "self_attn.v_proj.weight", {kv_out, d}, true));
+    ASSIGN_OR_RETURN(const bf16_t* o, get(p + "self_attn.o_proj.weight", {d, q_out}, true));
     lw.q = {q, q_out, d};
     lw.k = {k, kv_out, d};
     lw.v = {v, kv_out, d};
     lw.o = {o, d, q_out};
     if (config.attention_bias) {
-      ASSIGN_OR_RETURN(lw.q_b, LoadBf16(ckpt, p + "self_attn.q_proj.bias", {q_out}, a));
-      ASSIGN_OR_RETURN(lw.k_b, LoadBf16(ckpt, p + "self_attn.k_proj.bias", {kv_out}, a));
-      ASSIGN_OR_RETURN(lw.v_b, LoadBf16(ckpt, p + "self_attn.v_proj.bias", {kv_out}, a));
-      ASSIGN_OR_RETURN(lw.o_b, LoadBf16(ckpt, p + "self_attn.o_proj.bias", {d}, a));
+      ASSIGN_OR_RETURN(lw.q_b, get(p + "self_attn.q_proj.bias", {q_out}, true));
+      ASSIGN_OR_RETURN(lw.k_b, get(p + "self_attn.k_proj.bias", {kv_out}, true));
+      ASSIGN_OR_RETURN(lw.v_b, get(p + "self_attn.v_proj.bias", {kv_out}, true));
+      ASSIGN_OR_RETURN(lw.o_b, get(p + "self_attn.o_proj.bias", {d}, true));
     }
-    ASSIGN_OR_RETURN(lw.post_norm_w, LoadBf16(ckpt, p + "post_attention_layernorm.weight", {d}, a));
-    ASSIGN_OR_RETURN(lw.post_norm_b, LoadBf16(ckpt, p + "post_attention_layernorm.bias", {d}, a));
+    ASSIGN_OR_RETURN(lw.post_norm_w, get(p + "post_attention_layernorm.weight", {d}, true));
+    ASSIGN_OR_RETURN(lw.post_norm_b, get(p + "post_attention_layernorm.bias", {d}, true));
     ASSIGN_OR_RETURN(const bf16_t* gate,
-                     LoadBf16(ckpt, p + "block_sparse_moe.gate.weight", {config.n_experts, d}, a));
+                     get(p + "block_sparse_moe.gate.weight", {config.n_experts, d}, true));
     lw.gate = {gate, config.n_experts, d};
   }
-  ASSIGN_OR_RETURN(w->final_norm_w, LoadBf16(ckpt, "model.norm.weight", {d}, a));
-  ASSIGN_OR_RETURN(w->final_norm_b, LoadBf16(ckpt, "model.norm.bias", {d}, a));
-  ASSIGN_OR_RETURN(const bf16_t* lm, LoadBf16(ckpt, "lm_head.weight", {config.vocab_size, d}, a));
+  ASSIGN_OR_RETURN(w->final_norm_w, get("model.norm.weight", {d}, true));
+  ASSIGN_OR_RETURN(w->final_norm_b, get("model.norm.bias", {d}, true));
+  ASSIGN_OR_RETURN(const bf16_t* lm, get("lm_head.weight", {config.vocab_size, d}, true));
   w->lm_head = {lm, config.vocab_size, d};
   if (config.lm_head_bias) {
-    ASSIGN_OR_RETURN(w->lm_head_b, LoadBf16(ckpt, "lm_head.bias", {config.vocab_size}, a));
+    ASSIGN_OR_RETURN(w->lm_head_b, get("lm_head.bias", {config.vocab_size}, true));
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<AttentionWeights>> AttentionWeights::Load(
+    const ModelConfig& config, const Checkpoint& ckpt) {
+  auto w = std::make_unique<AttentionWeights>();
+  WeightArena& arena = w->arena;
+  RETURN_IF_ERROR(Build(
+      config,
+      [&](const std::string& name, const std::vector<int64_t>& shape, bool prefetch) {
+        return LoadBf16(ckpt, name, shape, arena, prefetch);
+      },
+      w.get()));
+  return w;
+}
+
+absl::StatusOr<std::unique_ptr<AttentionWeights>> AttentionWeights::Synthetic(
+    const ModelConfig& config, kernels::Backend* backend, const SyntheticFill& fill) {
+  auto w = std::make_unique<AttentionWeights>();
+  w->device.set_backend(backend);
+  RETURN_IF_ERROR(Build(
+      config,
+      [&](const std::string& name, const std::vector<int64_t>& shape,
+          bool) -> absl::StatusOr<const bf16_t*> {
+        int64_t n = 1;
+        for (int64_t s : shape) n *= s;
+        ASSIGN_OR_RETURN(void* p, w->device.Allocate(static_cast<size_t>(n) * sizeof(bf16_t)));
+        RETURN_IF_ERROR(fill(name, static_cast<bf16_t*>(p), n));
+        return static_cast<const bf16_t*>(p);
+      },
+      w.get()));
+  w->placed = true;
   return w;
 }
 
 absl::Status AttentionWeights::PlaceOn(kernels::Backend* backend) {
-  if (backend->host_memory()) return absl::OkStatus();
+  if (placed || backend->host_memory()) return absl::OkStatus();
+  placed = true;
   device.set_backend(backend);
   auto place = [&](const bf16_t*& p, int64_t n) -> absl::Status {
     if (p == nullptr) return absl::OkStatus();

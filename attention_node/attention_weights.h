@@ -34,7 +34,8 @@ struct AttentionWeights {
   kernels::Bf16Matrix lm_head;  // [vocab, d]
   const bf16_t* lm_head_b = nullptr;
   WeightArena arena;
-  kernels::BackendArena device;  // the copies PlaceOn made
+  kernels::BackendArena device;  // the copies PlaceOn made, or the synthetic tensors
+  bool placed = false;           // the pointers are backend memory already
 
   // Copies every tensor into `backend`'s memory when that is not host memory (a GPU) and points
   // the fields there; a no-op for a host backend. RESOURCE_EXHAUSTED when it does not fit.
@@ -44,6 +45,11 @@ struct AttentionWeights {
   // when config.attention_bias / lm_head_bias say so.
   static absl::StatusOr<std::unique_ptr<AttentionWeights>> Load(const ModelConfig& config,
                                                                 const Checkpoint& checkpoint);
+  // Synthetic weights made directly in `backend`'s memory by `fill` (tensor names as in a
+  // checkpoint): benchmarks of a model whose checkpoint is not at hand. PlaceOn is then a no-op.
+  static absl::StatusOr<std::unique_ptr<AttentionWeights>> Synthetic(const ModelConfig& config,
+                                                                     kernels::Backend* backend,
+                                                                     const SyntheticFill& fill);
 };
 
 }  // namespace phimoe

@@ -16,25 +16,48 @@ double Now() {
 
 absl::StatusOr<std::unique_ptr<LocalModel>> LocalModel::Open(const LocalModelOptions& options) {
   std::unique_ptr<LocalModel> m(new LocalModel());
-  ASSIGN_OR_RETURN(m->config_, ModelConfig::FromFile(options.model_dir + "/config.json"));
+  const bool synthetic = options.synthetic_config.has_value();
+  if (synthetic && !options.synthetic_fill) {
+    return absl::InvalidArgumentError("synthetic weights need a filler");
+  }
+  if (synthetic) {
+    m->config_ = *options.synthetic_config;
+  } else {
+    ASSIGN_OR_RETURN(m->config_, ModelConfig::FromFile(options.model_dir + "/config.json"));
+  }
   const ModelConfig full_config = m->config_;
   if (options.layers < 0 || options.layers > m->config_.n_layers) {
     return absl::InvalidArgumentError(absl::StrCat("--layers ", options.layers, " outside 1-",
                                                    m->config_.n_layers));
   }
   if (options.layers > 0) m->config_.n_layers = options.layers;
-  ASSIGN_OR_RETURN(m->checkpoint_, Checkpoint::Open(options.model_dir));
+  if (!synthetic) {
+    ASSIGN_OR_RETURN(m->checkpoint_, Checkpoint::Open(options.model_dir));
+  }
   ASSIGN_OR_RETURN(m->backend_, kernels::CreateBackend(options.device, options.threads, options.precision));
+  SyntheticFill fill;
+  if (synthetic) fill = options.synthetic_fill(m->backend_.get());
   if (options.remote_experts) {
     ASSIGN_OR_RETURN(m->dispatcher_, options.remote_experts(full_config));
     if (m->dispatcher_ == nullptr) return absl::InternalError("remote_experts returned no dispatcher");
   } else {
     ExpertSet all(m->config_.n_layers, m->config_.n_experts, true);
-    ASSIGN_OR_RETURN(m->experts_,
-                     ExpertCompute::Create(m->config_, *m->checkpoint_, all, m->backend_.get()));
+    if (synthetic) {
+      ASSIGN_OR_RETURN(m->experts_, ExpertCompute::CreateSynthetic(m->config_, all,
+                                                                   m->backend_.get(), fill));
+    } else {
+      ASSIGN_OR_RETURN(m->experts_,
+                       ExpertCompute::Create(m->config_, *m->checkpoint_, all, m->backend_.get()));
+    }
     m->dispatcher_ = std::make_unique<LocalDispatcher>(m->experts_.get());
   }
-  ASSIGN_OR_RETURN(m->engine_, AttentionEngine::Create(m->config_, *m->checkpoint_,
+  std::unique_ptr<AttentionWeights> weights;
+  if (synthetic) {
+    ASSIGN_OR_RETURN(weights, AttentionWeights::Synthetic(m->config_, m->backend_.get(), fill));
+  } else {
+    ASSIGN_OR_RETURN(weights, AttentionWeights::Load(m->config_, *m->checkpoint_));
+  }
+  ASSIGN_OR_RETURN(m->engine_, AttentionEngine::Create(m->config_, std::move(weights),
                                                        m->backend_.get(), m->dispatcher_.get(),
                                                        options.engine));
   return m;

@@ -7,6 +7,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,11 @@ struct LocalModelOptions {
   // Unset: every expert is computed in process. Set: Open calls it once and the engine dispatches
   // through what it returns (the LocalModel owns it); expert weights are then never mapped.
   ExpertDispatcherFactory remote_experts;
+  // Synthetic weights instead of model_dir's checkpoint (benchmarks of a model that is not on
+  // disk): the model is `synthetic_config`, every tensor is made in the backend's memory by the
+  // filler synthetic_fill(backend) returns. model_dir is then not read.
+  std::optional<ModelConfig> synthetic_config;
+  std::function<SyntheticFill(kernels::Backend*)> synthetic_fill;
 };
 
 struct GenerateOptions {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -31,5 +32,12 @@ class WeightArena {
 absl::StatusOr<const bf16_t*> LoadBf16(const Checkpoint& ckpt, const std::string& name,
                                        const std::vector<int64_t>& shape, WeightArena& arena,
                                        bool prefetch = true);
+
+// Fills `dst` (n elements, in a backend's memory) with synthetic values for tensor `name`.
+using SyntheticFill = std::function<absl::Status(const std::string& name, bf16_t* dst, int64_t n)>;
+
+// Returns tensor `name` as bf16 with exactly `shape` (from a checkpoint, or made up).
+using TensorSource = std::function<absl::StatusOr<const bf16_t*>(
+    const std::string& name, const std::vector<int64_t>& shape, bool prefetch)>;
 
 }  // namespace phimoe

@@ -82,10 +82,10 @@ absl::StatusOr<ExpertSet> ExpertSet::Parse(const std::string& spec, int64_t n_la
   return set;
 }
 
-absl::StatusOr<std::unique_ptr<ExpertCompute>> ExpertCompute::Create(const ModelConfig& config,
-                                                                     const Checkpoint& checkpoint,
-                                                                     const ExpertSet& experts,
-                                                                     kernels::Backend* backend) {
+absl::StatusOr<std::unique_ptr<ExpertCompute>> ExpertCompute::Build(
+    const ModelConfig& config, const ExpertSet& experts, kernels::Backend* backend,
+    const std::function<absl::StatusOr<const bf16_t*>(ExpertCompute&, const std::string&,
+                                                       const std::vector<int64_t>&)>& get) {
   if (experts.n_layers() != config.n_layers || experts.n_experts() != config.n_experts) {
     return absl::InvalidArgumentError("expert set does not match the model's layers and experts");
   }
@@ -98,22 +98,45 @@ absl::StatusOr<std::unique_ptr<ExpertCompute>> ExpertCompute::Create(const Model
       const std::string prefix =
           absl::StrCat("model.layers.", l, ".block_sparse_moe.experts.", e, ".");
       Ffn& ffn = c->ffn_[static_cast<size_t>(l * config.n_experts + e)];
-      ASSIGN_OR_RETURN(const bf16_t* w1, LoadBf16(checkpoint, prefix + "w1.weight", {f, d}, c->arena_));
-      ASSIGN_OR_RETURN(const bf16_t* w2, LoadBf16(checkpoint, prefix + "w2.weight", {d, f}, c->arena_));
-      ASSIGN_OR_RETURN(const bf16_t* w3, LoadBf16(checkpoint, prefix + "w3.weight", {f, d}, c->arena_));
+      ASSIGN_OR_RETURN(const bf16_t* w1, get(*c, prefix + "w1.weight", {f, d}));
+      ASSIGN_OR_RETURN(const bf16_t* w2, get(*c, prefix + "w2.weight", {d, f}));
+      ASSIGN_OR_RETURN(const bf16_t* w3, get(*c, prefix + "w3.weight", {f, d}));
       ffn.w1 = {w1, f, d};
       ffn.w2 = {w2, d, f};
       ffn.w3 = {w3, f, d};
-      if (!backend->host_memory()) {  // a device backend computes from its own copies
-        for (kernels::Bf16Matrix* m : {&ffn.w1, &ffn.w2, &ffn.w3}) {
-          ASSIGN_OR_RETURN(void* dev, c->device_.Upload(m->data, static_cast<size_t>(m->rows * m->cols) *
-                                                                     sizeof(bf16_t)));
-          m->data = static_cast<const bf16_t*>(dev);
-        }
-      }
     }
   }
   return c;
+}
+
+absl::StatusOr<std::unique_ptr<ExpertCompute>> ExpertCompute::Create(const ModelConfig& config,
+                                                                     const Checkpoint& checkpoint,
+                                                                     const ExpertSet& experts,
+                                                                     kernels::Backend* backend) {
+  return Build(config, experts, backend,
+               [&](ExpertCompute& c, const std::string& name,
+                   const std::vector<int64_t>& shape) -> absl::StatusOr<const bf16_t*> {
+                 ASSIGN_OR_RETURN(const bf16_t* host, LoadBf16(checkpoint, name, shape, c.arena_));
+                 if (backend->host_memory()) return host;
+                 // A device backend computes from its own copy.
+                 ASSIGN_OR_RETURN(void* dev, c.device_.Upload(host, static_cast<size_t>(
+                                                                         shape[0] * shape[1]) *
+                                                                         sizeof(bf16_t)));
+                 return static_cast<const bf16_t*>(dev);
+               });
+}
+
+absl::StatusOr<std::unique_ptr<ExpertCompute>> ExpertCompute::CreateSynthetic(
+    const ModelConfig& config, const ExpertSet& experts, kernels::Backend* backend,
+    const SyntheticFill& fill) {
+  return Build(config, experts, backend,
+               [&](ExpertCompute& c, const std::string& name,
+                   const std::vector<int64_t>& shape) -> absl::StatusOr<const bf16_t*> {
+                 const int64_t n = shape[0] * shape[1];
+                 ASSIGN_OR_RETURN(void* p, c.device_.Allocate(static_cast<size_t>(n) * sizeof(bf16_t)));
+                 RETURN_IF_ERROR(fill(name, static_cast<bf16_t*>(p), n));
+                 return static_cast<const bf16_t*>(p);
+               });
 }
 
 absl::Status ExpertCompute::Run(int32_t layer, const float* hidden, int64_t n_tokens,

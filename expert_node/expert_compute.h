@@ -5,6 +5,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <string>
 #include <memory>
 #include <vector>
 
@@ -52,6 +54,11 @@ class ExpertCompute {
                                                                const ExpertSet& experts,
                                                                kernels::Backend* backend);
 
+  // Synthetic weights made in `backend`'s memory by `fill` (benchmarks without a checkpoint).
+  static absl::StatusOr<std::unique_ptr<ExpertCompute>> CreateSynthetic(
+      const ModelConfig& config, const ExpertSet& experts, kernels::Backend* backend,
+      const SyntheticFill& fill);
+
   const ExpertSet& experts() const { return experts_; }
   const ModelConfig& config() const { return config_; }
 
@@ -65,6 +72,10 @@ class ExpertCompute {
   struct Ffn {
     kernels::Bf16Matrix w1, w2, w3;  // gate [d_ff, d], down [d, d_ff], up [d_ff, d]
   };
+  static absl::StatusOr<std::unique_ptr<ExpertCompute>> Build(
+      const ModelConfig& config, const ExpertSet& experts, kernels::Backend* backend,
+      const std::function<absl::StatusOr<const bf16_t*>(ExpertCompute&, const std::string&,
+                                                         const std::vector<int64_t>&)>& get);
   ExpertCompute(const ModelConfig& config, const ExpertSet& experts, kernels::Backend* backend)
       : config_(config),
         experts_(experts),

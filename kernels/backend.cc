@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/flags.h"
+#include "common/uniform_bf16.h"
 
 namespace phimoe::kernels {
 
@@ -40,6 +41,11 @@ void Backend::Embedding(const int32_t* ids, int64_t n_tokens, const Bf16Matrix& 
 
 void Backend::Add(float* x, const float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
+void Backend::FillUniformBf16(bf16_t* dst, int64_t n, uint64_t key, float mean, float std) {
+  const synthetic::UniformParams p = synthetic::MakeUniformParams(mean, std);
+  for (int64_t i = 0; i < n; ++i) dst[i] = synthetic::UniformBf16(key, static_cast<uint64_t>(i), p);
 }
 
 #ifndef PHIMOE_HAVE_CUDA

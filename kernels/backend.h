@@ -121,6 +121,9 @@ class Backend {
   virtual void Embedding(const int32_t* ids, int64_t n_tokens, const Bf16Matrix& table, float* out);
   // x[i] += y[i] for i < n.
   virtual void Add(float* x, const float* y, int64_t n);
+  // dst[i] = the synthetic generator's element i for stream `key` (common/uniform_bf16.h), i < n:
+  // random weights made where they are used (the full model on a GPU whose disk cannot hold it).
+  virtual void FillUniformBf16(bf16_t* dst, int64_t n, uint64_t key, float mean, float std);
 
   // Waits for the ops issued so far and returns the first error any of them hit since the last
   // call (a device backend's ops are asynchronous and cannot fail one by one). Host backends

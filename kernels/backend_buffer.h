@@ -81,6 +81,14 @@ class BackendArena {
     bytes_ += bytes;
     return buffers_.back().as<void>();
   }
+  // `bytes` of backend memory, not initialised; RESOURCE_EXHAUSTED when out of memory.
+  absl::StatusOr<void*> Allocate(size_t bytes) {
+    BackendBuffer b(backend_);
+    if (absl::Status s = b.Reserve(bytes); !s.ok()) return s;
+    buffers_.push_back(std::move(b));
+    bytes_ += bytes;
+    return buffers_.back().as<void>();
+  }
   size_t bytes() const { return bytes_; }
 
  private:

@@ -32,13 +32,13 @@ if [ "${#gpu_tests[@]}" -eq 0 ]; then
   exit 1
 fi
 echo "== build: ${gpu_tests[*]} phimoe-golden phimoe-bench"
-ninja -C "$build" -j "$jobs" "${gpu_tests[@]}" phimoe-golden phimoe-bench
+ninja -C "$build" -j "$jobs" "${gpu_tests[@]}" phimoe-golden phimoe-bench phimoe-run
 
 echo "== bundle into $bundle"
 rm -rf "$bundle"
 mkdir -p "$bundle/bin" "$bundle/tests" "$bundle/lib" "$bundle/fixtures/tiny"
 for t in "${gpu_tests[@]}"; do cp "$build/bin/$t" "$bundle/tests/"; done
-cp "$build/bin/phimoe-golden" "$build/bin/phimoe-bench" "$bundle/bin/"
+cp "$build/bin/phimoe-golden" "$build/bin/phimoe-bench" "$build/bin/phimoe-run" "$bundle/bin/"
 strip --strip-unneeded "$bundle"/bin/* "$bundle"/tests/*
 
 # Shared libraries: everything ldd resolves except what the GPU machine provides itself.
@@ -95,6 +95,7 @@ step() {
   local rc=$? secs=$((SECONDS - t0)) summary
   tail -n 25 "$logs/$name.log"
   summary=$(grep -E '^\[  (PASSED|FAILED|SKIPPED) +\]' "$logs/$name.log" | grep -E 'tests?' | tr '\n' ' ')
+  [ -n "$summary" ] || summary=$(grep -o '"prefill_tokens_per_s": [0-9.]*\|"decode_tokens_per_s": [0-9.]*\|"decode_ms_per_step": [0-9.]*' "$logs/$name.log" | tr '\n' ' ')
   [ -n "$summary" ] || summary=$(grep -E '^decode' "$logs/$name.log" | tail -n 1)
   [ -n "$summary" ] || summary=$(grep -v '^\s*$' "$logs/$name.log" | tail -n 1)
   local verdict=PASS
@@ -117,7 +118,23 @@ if [ -f "$tiny/golden.safetensors" ]; then
   step bench_tiny_cuda_b1 120 "$here/bin/phimoe-bench" --model "$tiny" --device cuda --batch 1 --prompt-len 32 --gen-len 20
   step bench_tiny_cuda_b64 120 "$here/bin/phimoe-bench" --model "$tiny" --device cuda --batch 64 --prompt-len 32 --gen-len 20
   step bench_tiny_cpu_b1 120 "$here/bin/phimoe-bench" --model "$tiny" --device cpu --threads 8 --batch 1 --prompt-len 32 --gen-len 20
+  # 20 greedy steps on both backends, side by side (bf16 may flip near-ties: reported, not gated).
+  step greedy_cuda 120 "$here/bin/phimoe-run" --model "$tiny" --prompt-ids 1,450,4996,17354,1701,432 --max-tokens 20 --device cuda
+  step greedy_cpu 120 "$here/bin/phimoe-run" --model "$tiny" --prompt-ids 1,450,4996,17354,1701,432 --max-tokens 20 --device cpu --precision bf16
+  echo "=== greedy ids, cuda vs cpu (bf16):"
+  paste <(grep -m1 '^generated' "$logs/greedy_cuda.log" | tr ' ' '\n') \
+        <(grep -m1 '^generated' "$logs/greedy_cpu.log" | tr ' ' '\n') | column -t | tee "$logs/greedy_side_by_side.txt"
 fi
+
+# Full-size Phi-3.5-MoE with weights made on the GPU (the disk cannot hold 84 GB): an H200 holds
+# all 32 layers; an H100 (80 GB) runs the first 16 (per-layer figures scale).
+mem_mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -n 1 | tr -d ' ')
+layers=0
+if [ -n "$mem_mib" ] && [ "$mem_mib" -lt 100000 ]; then layers=16; fi
+full=("$here/bin/phimoe-bench" --device cuda --random-weights --preset full --layers "$layers" --json)
+step full_decode_b1 300 "${full[@]}" --batch 1 --prompt-len 512 --gen-len 64
+step full_decode_b64 300 "${full[@]}" --batch 64 --prompt-len 512 --gen-len 32
+step full_prefill_2048 300 "${full[@]}" --batch 1 --prompt-len 2048 --gen-len 1 --chunk 2048
 
 echo
 echo "=== summary ($(head -n 1 "$logs/device.txt" 2>/dev/null)); logs in $logs"

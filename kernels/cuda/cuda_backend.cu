@@ -10,6 +10,7 @@
 #include "kernels/cuda/cublaslt_matmul.cuh"
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/embedding.cuh"
+#include "kernels/cuda/fill_uniform.cuh"
 #include "kernels/cuda/kv_append.cuh"
 #include "kernels/cuda/layernorm.cuh"
 #include "kernels/cuda/rope.cuh"
@@ -289,6 +290,11 @@ void CudaBackend::Embedding(const int32_t* ids, int64_t n_tokens, const Bf16Matr
 void CudaBackend::Add(float* x, const float* y, int64_t n) {
   Use();
   Check(cuda::LaunchAdd(x, y, n, stream_), "Add");
+}
+
+void CudaBackend::FillUniformBf16(bf16_t* dst, int64_t n, uint64_t key, float mean, float std) {
+  Use();
+  Check(cuda::LaunchFillUniformBf16(dst, n, key, mean, std, stream_), "FillUniformBf16");
 }
 
 void CudaBackend::Argmax(const float* logits, int64_t n_rows, int64_t vocab, int64_t n_valid,

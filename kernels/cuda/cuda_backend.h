@@ -70,6 +70,7 @@ class CudaBackend final : public Backend {
   // ids: device array, validated by the caller; table: the device embedding matrix.
   void Embedding(const int32_t* ids, int64_t n_tokens, const Bf16Matrix& table, float* out) override;
   void Add(float* x, const float* y, int64_t n) override;
+  void FillUniformBf16(bf16_t* dst, int64_t n, uint64_t key, float mean, float std) override;
 
   // GPU-only ops (not in the generic interface yet).
   // residual += x; y = LayerNorm(residual) (y may alias x).

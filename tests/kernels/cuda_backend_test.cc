@@ -135,6 +135,21 @@ TEST_F(CudaBackendTest, MemoryOpsAndAdd) {
   Sync();
 }
 
+TEST_F(CudaBackendTest, SyntheticWeightsAreTheHostGeneratorsBits) {
+  // Exact: the device and the host run the same integer generator (common/uniform_bf16.h).
+  for (int64_t n : {int64_t{1}, int64_t{2}, int64_t{4097}, int64_t{1} << 20}) {
+    std::vector<bf16_t> want(static_cast<size_t>(n)), got(static_cast<size_t>(n));
+    cpu_->FillUniformBf16(want.data(), n, 0x1234567890abcdefull + static_cast<uint64_t>(n), 0.1f, 0.02f);
+    bf16_t* d = static_cast<bf16_t*>(gpu_->Allocate(sizeof(bf16_t) * static_cast<size_t>(n)));
+    ASSERT_NE(d, nullptr);
+    gpu_->FillUniformBf16(d, n, 0x1234567890abcdefull + static_cast<uint64_t>(n), 0.1f, 0.02f);
+    gpu_->Download(got.data(), d, sizeof(bf16_t) * got.size());
+    Sync();
+    EXPECT_EQ(got, want) << n;
+    gpu_->Free(d);
+  }
+}
+
 struct MatMulShape {
   int64_t tokens, n_in, n_out;
   bool bias;

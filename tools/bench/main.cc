@@ -7,6 +7,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <map>
+#include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -22,6 +25,8 @@
 #include "router/remote_flags.h"
 #include "kernels/cpu/sampling.h"
 #include "router/remote_dispatcher.h"
+#include "tools/make_checkpoint/presets.h"
+#include "tools/make_checkpoint/synthetic_weights.h"
 
 namespace phimoe {
 namespace {
@@ -130,13 +135,14 @@ double Quantile(std::vector<double> v, double q) {
 }
 
 int Main(int argc, char** argv) {
-  std::string model_dir, load_only;
+  std::string model_dir, load_only, preset = "full";
   int64_t batch = 1, prompt_len = 128, gen_len = 32, layers = 0, seed = 1, chunk = 512, warmup = 1;
-  bool json = false, bandwidth = false;
+  int64_t weight_seed = 1;
+  bool json = false, bandwidth = false, random_weights = false;
   std::string precision = "fp32";
   CommonFlags common;
   FlagParser flags("phimoe-bench",
-                   "--model DIR --batch B --prompt-len P --gen-len G [--expert-nodes HOST:PORT,...]\n"
+                   "(--model DIR | --random-weights --preset tiny|mini|full) --batch B --prompt-len P --gen-len G\n    [--expert-nodes HOST:PORT,...]"
                    "    [--json] [--threads N]",
                    "Engine benchmark: B sequences of P random prompt tokens are prefilled in\n"
                    "chunks of --chunk tokens, then decoded G steps as one batch (no early stop).\n"
@@ -147,6 +153,11 @@ int Main(int argc, char** argv) {
                    "(one layer's dispatch during decode) and wire_bytes_per_token_per_layer (bytes\n"
                    "sent plus received per decoded token per layer).");
   flags.AddString("model", &model_dir, "model folder");
+  flags.AddBool("random-weights", &random_weights,
+                "no checkpoint: make --preset's weights in the device's memory (the synthetic "
+                "generator of phimoe-make-checkpoint, seed --weight-seed)");
+  flags.AddString("preset", &preset, "with --random-weights: tiny, mini or full");
+  flags.AddInt("weight-seed", &weight_seed, "with --random-weights: the generator's seed");
   flags.AddInt("batch", &batch, "sequences decoded together");
   flags.AddInt("prompt-len", &prompt_len, "prompt tokens per sequence");
   flags.AddInt("gen-len", &gen_len, "tokens generated per sequence");
@@ -166,9 +177,22 @@ int Main(int argc, char** argv) {
   common.Register(flags);
   flags.ParseOrExit(argc, argv);
   if (bandwidth) return Bandwidth(static_cast<int>(common.threads), json);
-  if (model_dir.empty()) {
-    std::fprintf(stderr, "phimoe-bench: --model is required (see --help)\n");
+  if (random_weights == !model_dir.empty()) {
+    std::fprintf(stderr, "phimoe-bench: give --model DIR or --random-weights --preset NAME (see --help)\n");
     return 2;
+  }
+  if (random_weights && (!load_only.empty() || remote_flags.enabled())) {
+    std::fprintf(stderr, "phimoe-bench: --random-weights runs in one process (no --load-only, no --expert-nodes)\n");
+    return 2;
+  }
+  std::optional<ModelConfig> synthetic_config;
+  if (random_weights) {
+    auto c = PresetConfig(preset);
+    if (!c.ok()) {
+      std::fprintf(stderr, "phimoe-bench: --preset: %s\n", std::string(c.status().message()).c_str());
+      return 2;
+    }
+    synthetic_config = *c;
   }
   if (!load_only.empty()) {
     if (load_only != "attention") {
@@ -184,6 +208,23 @@ int Main(int argc, char** argv) {
   const auto t0 = std::chrono::steady_clock::now();
   LocalModelOptions opts;
   opts.model_dir = model_dir;
+  if (synthetic_config.has_value()) {
+    opts.synthetic_config = synthetic_config;
+    opts.synthetic_fill = [config = *synthetic_config,
+                           seed = static_cast<uint64_t>(weight_seed)](kernels::Backend* backend) {
+      auto tensors = std::make_shared<std::map<std::string, SyntheticTensor>>();
+      for (SyntheticTensor& t : ModelTensors(config)) (*tensors)[t.name] = t;
+      return SyntheticFill([tensors, seed, backend](const std::string& name, bf16_t* dst,
+                                                    int64_t n) -> absl::Status {
+        auto it = tensors->find(name);
+        if (it == tensors->end() || static_cast<int64_t>(it->second.numel()) != n) {
+          return absl::InternalError("no synthetic tensor " + name + " of that size");
+        }
+        backend->FillUniformBf16(dst, n, TensorKey(seed, name), it->second.mean, it->second.std);
+        return absl::OkStatus();
+      });
+    };
+  }
   opts.device = common.device;
   opts.threads = static_cast<int>(common.threads);
   if (auto p = kernels::ParsePrecision(precision); p.ok()) {

@@ -9,17 +9,13 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/uniform_bf16.h"
 
 namespace phimoe {
 namespace {
 
-constexpr uint64_t kGolden = 0x9e3779b97f4a7c15ull;
-
-inline uint64_t Mix(uint64_t z) {  // splitmix64's finalizer
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
+using synthetic::kGolden;
+using synthetic::Mix;
 
 }  // namespace
 
@@ -80,29 +76,8 @@ uint64_t TensorKey(uint64_t seed, const std::string& name) {
 }
 
 void FillBf16(const SyntheticTensor& tensor, uint64_t key, uint64_t first, size_t n, bf16_t* out) {
-  // Uniform on [-a, a) with a = sqrt(3)·std and 24 random bits per value, centred so that the mean
-  // is exact. One splitmix64 output feeds two elements: element i takes the low (even i) or high
-  // (odd i) 32 bits of Mix(key + (i/2 + 1)·golden).
-  const float scale = tensor.std * std::sqrt(3.0f) * 2.0f / 16777216.0f;
-  const float offset = tensor.mean - tensor.std * std::sqrt(3.0f) + 0.5f * scale;
-  auto value = [&](uint32_t bits) {
-    // The values are finite, so round-to-nearest-even needs no NaN case (unlike FloatToBf16).
-    const float f = static_cast<float>(static_cast<int32_t>(bits >> 8)) * scale + offset;
-    uint32_t u;
-    std::memcpy(&u, &f, sizeof u);
-    return static_cast<bf16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-  };
-  auto word = [&](uint64_t pair) { return Mix(key + (pair + 1) * kGolden); };
-  size_t i = 0;
-  if (n > 0 && (first & 1)) {  // odd start: the high half of a pair
-    out[i++] = value(static_cast<uint32_t>(word(first >> 1) >> 32));
-  }
-  for (; i + 2 <= n; i += 2) {
-    const uint64_t r = word((first + i) >> 1);
-    out[i] = value(static_cast<uint32_t>(r));
-    out[i + 1] = value(static_cast<uint32_t>(r >> 32));
-  }
-  if (i < n) out[i] = value(static_cast<uint32_t>(word((first + i) >> 1)));
+  const synthetic::UniformParams p = synthetic::MakeUniformParams(tensor.mean, tensor.std);
+  for (size_t i = 0; i < n; ++i) out[i] = synthetic::UniformBf16(key, first + i, p);
 }
 
 }  // namespace phimoe
