@@ -7,11 +7,7 @@
 
 #include <cstdint>
 
-#ifdef __CUDACC__
-#define PHIMOE_HOST_DEVICE __host__ __device__
-#else
-#define PHIMOE_HOST_DEVICE
-#endif
+#include "common/host_device.h"
 
 namespace phimoe::synthetic {
 

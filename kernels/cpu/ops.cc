@@ -6,6 +6,8 @@
 #include <cmath>
 #include <limits>
 
+#include "kernels/sparsemixer_row.h"
+
 namespace phimoe::kernels::cpu {
 
 #if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
@@ -140,32 +142,7 @@ void AttentionItems(const float* q, int64_t q_stride, int64_t n_tokens, int64_t 
 
 void SparseMixerTop2Row(const float* s, int64_t n_experts, float jitter_eps, int32_t* experts,
                         float* weights) {
-  const float threshold = 2.0f * jitter_eps;
-  // First expert: argmax (lowest index on ties).
-  int64_t e1 = 0;
-  for (int64_t j = 1; j < n_experts; ++j)
-    if (s[j] > s[e1]) e1 = j;
-  const float m1 = s[e1];
-  double denom1 = 0.0;
-  for (int64_t j = 0; j < n_experts; ++j) {
-    const float ratio = (m1 - s[j]) / std::max(std::fabs(s[j]), m1);
-    if (!(ratio > threshold)) denom1 += std::exp(static_cast<double>(s[j]) - m1);
-  }
-  // Second expert: argmax with e1 removed; the ratio divides by the original scores.
-  int64_t e2 = e1 == 0 ? 1 : 0;
-  for (int64_t j = 0; j < n_experts; ++j)
-    if (j != e1 && s[j] > s[e2]) e2 = j;
-  const float m2 = s[e2];
-  double denom2 = 0.0;
-  for (int64_t j = 0; j < n_experts; ++j) {
-    if (j == e1) continue;
-    const float ratio = (m2 - s[j]) / std::max(std::fabs(s[j]), m2);
-    if (!(ratio > threshold)) denom2 += std::exp(static_cast<double>(s[j]) - m2);
-  }
-  experts[0] = static_cast<int32_t>(e1);
-  experts[1] = static_cast<int32_t>(e2);
-  weights[0] = static_cast<float>(1.0 / denom1);
-  weights[1] = static_cast<float>(1.0 / denom2);
+  kernels::SparseMixerTop2Row(s, n_experts, jitter_eps, experts, weights);
 }
 
 PHIMOE_CLONES void SwiGluRange(const float* gate, const float* up, float* out, int64_t i0,

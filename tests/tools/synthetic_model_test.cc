@@ -19,17 +19,10 @@ namespace {
 
 std::function<SyntheticFill(kernels::Backend*)> Filler(const ModelConfig& config, uint64_t seed) {
   return [config, seed](kernels::Backend* backend) {
-    auto tensors = std::make_shared<std::map<std::string, SyntheticTensor>>();
-    for (SyntheticTensor& t : ModelTensors(config)) (*tensors)[t.name] = t;
-    return SyntheticFill([tensors, seed, backend](const std::string& name, bf16_t* dst,
-                                                  int64_t n) -> absl::Status {
-      auto it = tensors->find(name);
-      if (it == tensors->end() || static_cast<int64_t>(it->second.numel()) != n) {
-        return absl::NotFoundError(name);
-      }
-      backend->FillUniformBf16(dst, n, TensorKey(seed, name), it->second.mean, it->second.std);
-      return absl::OkStatus();
-    });
+    return MakeSyntheticFill(config, seed,
+                             [backend](bf16_t* dst, int64_t n, uint64_t key, float mean, float std) {
+                               backend->FillUniformBf16(dst, n, key, mean, std);
+                             });
   };
 }
 

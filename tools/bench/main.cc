@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -212,17 +211,9 @@ int Main(int argc, char** argv) {
     opts.synthetic_config = synthetic_config;
     opts.synthetic_fill = [config = *synthetic_config,
                            seed = static_cast<uint64_t>(weight_seed)](kernels::Backend* backend) {
-      auto tensors = std::make_shared<std::map<std::string, SyntheticTensor>>();
-      for (SyntheticTensor& t : ModelTensors(config)) (*tensors)[t.name] = t;
-      return SyntheticFill([tensors, seed, backend](const std::string& name, bf16_t* dst,
-                                                    int64_t n) -> absl::Status {
-        auto it = tensors->find(name);
-        if (it == tensors->end() || static_cast<int64_t>(it->second.numel()) != n) {
-          return absl::InternalError("no synthetic tensor " + name + " of that size");
-        }
-        backend->FillUniformBf16(dst, n, TensorKey(seed, name), it->second.mean, it->second.std);
-        return absl::OkStatus();
-      });
+      return MakeSyntheticFill(config, seed,
+                               [backend](bf16_t* dst, int64_t n, uint64_t key, float mean,
+                                         float std) { backend->FillUniformBf16(dst, n, key, mean, std); });
     };
   }
   opts.device = common.device;

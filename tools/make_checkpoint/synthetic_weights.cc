@@ -6,6 +6,8 @@
 #include "tools/make_checkpoint/synthetic_weights.h"
 
 #include <cmath>
+#include <map>
+#include <memory>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -73,6 +75,20 @@ uint64_t TensorKey(uint64_t seed, const std::string& name) {
     h *= 0x100000001b3ull;
   }
   return Mix(Mix(seed + kGolden) ^ h);
+}
+
+SyntheticFill MakeSyntheticFill(const ModelConfig& config, uint64_t seed, UniformFill fill) {
+  auto tensors = std::make_shared<std::map<std::string, SyntheticTensor>>();
+  for (SyntheticTensor& t : ModelTensors(config)) (*tensors)[t.name] = t;
+  return [tensors, seed, fill = std::move(fill)](const std::string& name, bf16_t* dst,
+                                                 int64_t n) -> absl::Status {
+    auto it = tensors->find(name);
+    if (it == tensors->end() || static_cast<int64_t>(it->second.numel()) != n) {
+      return absl::NotFoundError(absl::StrCat("no synthetic tensor ", name, " of ", n, " elements"));
+    }
+    fill(dst, n, TensorKey(seed, name), it->second.mean, it->second.std);
+    return absl::OkStatus();
+  };
 }
 
 void FillBf16(const SyntheticTensor& tensor, uint64_t key, uint64_t first, size_t n, bf16_t* out) {

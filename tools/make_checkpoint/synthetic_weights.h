@@ -5,11 +5,13 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "common/bf16.h"
 #include "common/model_config.h"
+#include "common/weights.h"
 
 namespace phimoe {
 
@@ -31,5 +33,12 @@ uint64_t TensorKey(uint64_t seed, const std::string& name);
 
 // Writes elements [first, first + n) of `tensor` (stream `key`) as bf16 into out[0..n).
 void FillBf16(const SyntheticTensor& tensor, uint64_t key, uint64_t first, size_t n, bf16_t* out);
+
+// Writes n synthetic values of the tensor with stream `key` into `dst` (a backend's fill).
+using UniformFill = std::function<void(bf16_t* dst, int64_t n, uint64_t key, float mean, float std)>;
+
+// The SyntheticFill (common/weights.h) that makes `config`'s tensors with seed `seed` through
+// `fill`: what phimoe-make-checkpoint --seed writes, made where the model runs instead.
+SyntheticFill MakeSyntheticFill(const ModelConfig& config, uint64_t seed, UniformFill fill);
 
 }  // namespace phimoe
