@@ -1,7 +1,9 @@
 // MetricsServer (see metrics_server.h).
 #include "common/metrics_server.h"
 
+#include <chrono>
 #include <exception>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 
@@ -14,10 +16,19 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(const std::s
   }
   std::unique_ptr<MetricsServer> server(new MetricsServer());
   server->registry_ = std::make_shared<prometheus::Registry>();
-  try {  // civetweb reports a failed bind by throwing; nothing else here throws
-    server->exposer_ = std::make_unique<prometheus::Exposer>(listen, /*num_threads=*/1);
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", listen, ": ", e.what()));
+  // civetweb reports a failed start by throwing (nothing else here throws). Starts have been seen
+  // to fail now and then on a loaded machine even for port 0, so a few tries are made.
+  std::string error;
+  for (int attempt = 0; attempt < 5 && server->exposer_ == nullptr; ++attempt) {
+    if (attempt > 0) std::this_thread::sleep_for(std::chrono::milliseconds(100 * attempt));
+    try {
+      server->exposer_ = std::make_unique<prometheus::Exposer>(listen, /*num_threads=*/1);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  if (server->exposer_ == nullptr) {
+    return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", listen, ": ", error));
   }
   server->exposer_->RegisterCollectable(server->registry_);
   const std::vector<int> ports = server->exposer_->GetListeningPorts();

@@ -381,6 +381,14 @@ std::string FetchMetrics(const std::string& address) {
   return out;
 }
 
+// The address a server printed in its `metrics on HOST:PORT` line; empty when it did not.
+std::string MetricsAddress(const ChildProcess& p) {
+  for (const std::string& line : p.lines_before_listening()) {
+    if (line.rfind("metrics on ", 0) == 0) return line.substr(11);
+  }
+  return "";
+}
+
 // A free TCP port on 127.0.0.1 (bound and released: good enough for a test).
 int FreePort() {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -408,13 +416,13 @@ TEST_F(GatewayMeshTest, PreemptionByRecomputeKeepsEveryOutputExact) {
        (*experts_)[0]->address() + "," + (*experts_)[1]->address(), "--listen", "127.0.0.1:0",
        "--kv-blocks", "24", "--block-size", "4", "--threads", "1"});
   ASSERT_TRUE(small_node.ok()) << small_node.status();
-  const int metrics_port = FreePort();
-  ASSERT_GT(metrics_port, 0);
   auto g = ChildProcess::StartServer(
       kBin + "/phimoe-gateway",
       {"--model", kTiny, "--tokenizer", kTokenizer, "--attention-nodes", (*small_node)->address(),
-       "--listen", "127.0.0.1:0", "--metrics-listen", absl::StrCat("127.0.0.1:", metrics_port)});
+       "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"});
   ASSERT_TRUE(g.ok()) << g.status();
+  const std::string metrics_address = MetricsAddress(**g);
+  ASSERT_FALSE(metrics_address.empty()) << "no `metrics on` line";
   auto stub = v1::InferenceService::NewStub(
       grpc::CreateChannel((*g)->address(), grpc::InsecureChannelCredentials()));
   std::vector<std::vector<int32_t>> prompts;
@@ -434,7 +442,7 @@ TEST_F(GatewayMeshTest, PreemptionByRecomputeKeepsEveryOutputExact) {
     ASSERT_TRUE(together[i].status.ok()) << i << ": " << together[i].status.error_message();
     EXPECT_EQ(together[i].ids, alone[i].ids) << "request " << i;
   }
-  const std::string metrics = FetchMetrics(absl::StrCat("127.0.0.1:", metrics_port));
+  const std::string metrics = FetchMetrics(metrics_address);
   if (metrics.empty()) {
     std::fprintf(stderr, "curl unavailable: preemption count not checked\n");
   } else {
@@ -510,14 +518,15 @@ TEST_F(GatewayMeshTest, RequestsSpreadOverTwoAttentionNodes) {
   std::vector<std::unique_ptr<ChildProcess>> nodes;
   std::vector<std::string> metrics, addresses;
   for (int i = 0; i < 2; ++i) {
-    metrics.push_back(absl::StrCat("127.0.0.1:", FreePort()));
     auto n = ChildProcess::StartServer(
         kBin + "/phimoe-attention-node",
         {"--model", kTiny, "--expert-nodes",
          (*experts_)[0]->address() + "," + (*experts_)[1]->address(), "--listen", "127.0.0.1:0",
          "--kv-blocks", "64", "--block-size", "4", "--threads", "1", "--metrics-listen",
-         metrics.back()});
+         "127.0.0.1:0"});
     ASSERT_TRUE(n.ok()) << n.status();
+    metrics.push_back(MetricsAddress(**n));
+    ASSERT_FALSE(metrics.back().empty()) << "no `metrics on` line";
     addresses.push_back((*n)->address());
     nodes.push_back(std::move(*n));
   }
