@@ -54,11 +54,15 @@ absl::Status Gateway::Submit(std::shared_ptr<Request> request) {
     }
   } while (!queued_.compare_exchange_weak(q, q + 1));
 
-  // Least loaded node that is up; ties go to the first listed.
+  // Least loaded node that is up; ties are broken round-robin, so that idle nodes share the
+  // requests of a light load too.
   NodeWorker* best = nullptr;
-  for (const auto& w : workers_) {
+  const size_t n = workers_.size();
+  const size_t first = n == 0 ? 0 : static_cast<size_t>(next_node_.fetch_add(1) % n);
+  for (size_t i = 0; i < n; ++i) {
+    NodeWorker* w = workers_[(first + i) % n].get();
     if (!w->up()) continue;
-    if (best == nullptr || w->load() < best->load()) best = w.get();
+    if (best == nullptr || w->load() < best->load()) best = w;
   }
   absl::Status s = best == nullptr
                        ? absl::UnavailableError("no attention node is reachable; retry later")

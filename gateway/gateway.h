@@ -65,6 +65,7 @@ class Gateway {
   GatewayOptions options_;
   std::atomic<int64_t> queued_{0};
   std::atomic<bool> draining_{false};
+  std::atomic<uint64_t> next_node_{0};  // round-robin start of the least-loaded search
   std::vector<std::unique_ptr<NodeWorker>> workers_;
 };
 

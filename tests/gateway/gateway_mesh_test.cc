@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <latch>
 #include <chrono>
 #include <filesystem>
 #include <memory>
@@ -251,15 +252,19 @@ TEST_F(GatewayMeshTest, OverloadIsResourceExhaustedAndNoAcceptedRequestIsLost) {
   constexpr int kRequests = 24;
   std::vector<Output> outs(kRequests);
   std::vector<std::thread> threads;
+  std::latch start(kRequests);  // all at once, even when threads start slowly
   for (int i = 0; i < kRequests; ++i) {
-    threads.emplace_back([&, i] { outs[i] = Generate({1, 100 + i, 200 + i}, 40, 0, stub.get()); });
+    threads.emplace_back([&, i] {
+      start.arrive_and_wait();
+      outs[i] = Generate({1, 100 + i, 200 + i}, 100, 0, stub.get());
+    });
   }
   for (auto& t : threads) t.join();
   int accepted = 0, refused = 0;
   for (const Output& o : outs) {
     if (o.status.ok()) {
       ++accepted;
-      EXPECT_EQ(o.ids.size(), 40u);
+      EXPECT_EQ(o.ids.size(), 100u);
       EXPECT_EQ(o.finish, v1::FINISH_REASON_LENGTH);
     } else {
       ++refused;
