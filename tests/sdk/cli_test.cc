@@ -217,7 +217,10 @@ TEST_F(CliTest, CtrlCCancelsGeneration) {
 TEST_F(CliTest, CtrlCInChatCancelsOnlyTheReply) {
   // The first reply streams for 100 s; SIGINT at 2 s cancels it (its partial text stays in the
   // conversation), the next line gets its reply, EOF ends the session normally.
-  const CliResult r = Phimoe("chat", {}, "slow:100\nafter\n", "timeout --preserve-status -s INT 2 ");
+  // --foreground: timeout signals only phimoe; otherwise it also signals its whole process group,
+  // and a second SIGINT arriving after the cancelled reply would (rightly) end the session.
+  const CliResult r = Phimoe("chat", {}, "slow:100\nafter\n",
+                             "timeout --foreground --preserve-status -s INT 2 ");
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_THAT(r.err, HasSubstr("[reply cancelled]"));
   const std::vector<std::string> lines = Lines(r.out);
