@@ -22,6 +22,7 @@
 #include "attention_node/attention_metrics.h"
 #include "attention_node/attention_service.h"
 #include "common/flags.h"
+#include "common/signals.h"
 #include "common/metrics_server.h"
 #include "common/model_config.h"
 #include "common/safetensors.h"
@@ -67,12 +68,8 @@ class HealthSwitch {
 };
 
 int Main(int argc, char** argv) {
-  // Signals are taken by sigwait below; block them before any thread starts so none inherits them.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // Before any thread starts, so that every thread inherits the mask.
+  const sigset_t signals = BlockShutdownSignals();
   HealthSwitch health;  // outlives the dispatcher that calls it
 
   std::string model_dir, listen, precision = "fp32", metrics_listen;

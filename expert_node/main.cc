@@ -14,6 +14,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/flags.h"
+#include "common/signals.h"
 #include "common/metrics_server.h"
 #include "expert_node/expert_metrics.h"
 #include "common/model_config.h"
@@ -127,12 +128,8 @@ int Main(int argc, char** argv) {
                  absl::ToDoubleSeconds(absl::Now() - start));
   }
 
-  // Signals are taken by sigwait in this thread: block them before gRPC starts its threads.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // Before any thread starts, so that every thread inherits the mask.
+  const sigset_t signals = BlockShutdownSignals();
 
   std::unique_ptr<MetricsServer> metrics_server;
   std::unique_ptr<ExpertMetrics> metrics;

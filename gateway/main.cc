@@ -18,6 +18,7 @@
 #include "absl/time/time.h"
 #include "common/file_util.h"
 #include "common/flags.h"
+#include "common/signals.h"
 #include "common/model_config.h"
 #include "common/metrics_server.h"
 #include "gateway/gateway.h"
@@ -76,11 +77,8 @@ absl::Status ReadGenerationDefaults(const std::string& dir, Defaults* defaults) 
 }
 
 int Main(int argc, char** argv) {
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // Before any thread starts, so that every thread inherits the mask.
+  const sigset_t signals = BlockShutdownSignals();
 
   std::string model_dir, tokenizer_dir, nodes_text, listen, metrics_listen, http_listen;
   int64_t http_threads = 64;

@@ -28,6 +28,7 @@ namespace phimoe {
 namespace {
 
 using ::phimoe::testing::ChildProcess;
+using ::phimoe::testing::RunCapture;
 
 const std::string kBinary = std::string(PHIMOE_BIN_DIR) + "/phimoe-expert-node";
 const std::string kTiny = std::string(PHIMOE_SHARED_DIR) + "/fixtures/tiny";
@@ -216,16 +217,6 @@ TEST_F(ExpertNodeProcessTest, DrainReportsNotServingAndAnswersQueuedWork) {
   const int status = node->Wait(absl::Seconds(20));
   ASSERT_TRUE(WIFEXITED(status)) << "status " << status;
   EXPECT_EQ(WEXITSTATUS(status), 0);
-}
-
-// Runs `command` through the shell; returns its exit status and output (stdout and stderr).
-int RunCapture(const std::string& command, std::string* output) {
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return -1;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) output->append(buf, n);
-  return pclose(pipe);
 }
 
 TEST_F(ExpertNodeProcessTest, BadStartupArgumentsExitNonZeroWithMessage) {

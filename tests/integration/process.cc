@@ -4,6 +4,8 @@
 // servers print nothing else on stdout, and anything they do print goes to a pipe buffer (64 KiB).
 #include "tests/integration/process.h"
 
+#include <cstdio>
+
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -207,6 +209,15 @@ int64_t ChildProcess::RssBytes() const {
     return kb * 1024;
   }
   return -1;
+}
+
+int RunCapture(const std::string& command, std::string* output) {
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  if (pipe == nullptr) return -1;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) output->append(buf, n);
+  return pclose(pipe);
 }
 
 }  // namespace phimoe::testing

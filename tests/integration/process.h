@@ -52,4 +52,8 @@ class ChildProcess {
   int status_ = 0;
 };
 
+// Runs `command` through the shell, appending its stdout and stderr to `output`; returns the wait
+// status as pclose gives it (-1 when it could not start).
+int RunCapture(const std::string& command, std::string* output);
+
 }  // namespace phimoe::testing

@@ -34,6 +34,7 @@ namespace phimoe {
 namespace {
 
 using ::phimoe::testing::ChildProcess;
+using ::phimoe::testing::RunCapture;
 using ::testing::HasSubstr;
 using ::testing::UnorderedElementsAre;
 
@@ -109,15 +110,6 @@ bool AllGone(const std::multimap<std::string, pid_t>& nodes, std::chrono::millis
     if (std::chrono::steady_clock::now() >= deadline) return false;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-}
-
-int RunCapture(const std::string& command, std::string* output) {
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return -1;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) output->append(buf, n);
-  return pclose(pipe);
 }
 
 class LocalMeshTest : public ::testing::Test {

@@ -36,6 +36,7 @@ namespace phimoe {
 namespace {
 
 using ::phimoe::testing::ChildProcess;
+using ::phimoe::testing::RunCapture;
 using ::phimoe::testing::HttpGet;
 
 constexpr char kPrometheus[] = "/usr/bin/prometheus";
@@ -102,16 +103,6 @@ int FreePort() {
   }
   if (fd >= 0) close(fd);
   return port;
-}
-
-// `command` with its stdout and stderr; returns the wait status.
-int RunCapture(const std::string& command, std::string* output) {
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return -1;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) output->append(buf, n);
-  return pclose(pipe);
 }
 
 // An instant query's result vector: label set (as "k=v,k=v") → value.
