@@ -187,15 +187,21 @@ absl::StatusOr<std::vector<AttentionEngine::StepOutput>> AttentionEngine::Step(
   positions_.resize(static_cast<size_t>(n_tokens));
   slots_.resize(static_cast<size_t>(n_tokens));
   desc_.resize(static_cast<size_t>(n_tokens));
-  // Every sequence's block table, one after the other, where the attention op reads them.
-  tables_.clear();
-  std::vector<size_t> table_at(plans.size());
-  for (size_t i = 0; i < plans.size(); ++i) {
-    table_at[i] = tables_.size();
-    tables_.insert(tables_.end(), plans[i].seq->blocks.begin(), plans[i].seq->blocks.end());
+  // Where the attention op reads each sequence's block table: in place on a host backend; on a
+  // device, all of them one after the other in one upload.
+  std::vector<const int32_t*> table_of(plans.size());
+  if (host) {
+    for (size_t i = 0; i < plans.size(); ++i) table_of[i] = plans[i].seq->blocks.data();
+  } else {
+    tables_.clear();
+    std::vector<size_t> table_at(plans.size());
+    for (size_t i = 0; i < plans.size(); ++i) {
+      table_at[i] = tables_.size();
+      tables_.insert(tables_.end(), plans[i].seq->blocks.begin(), plans[i].seq->blocks.end());
+    }
+    RETURN_IF_ERROR(ReserveFor<int32_t>(tables_dev_, static_cast<int64_t>(tables_.size())));
+    for (size_t i = 0; i < plans.size(); ++i) table_of[i] = tables_dev_.as<int32_t>() + table_at[i];
   }
-  if (!host) RETURN_IF_ERROR(ReserveFor<int32_t>(tables_dev_, static_cast<int64_t>(tables_.size())));
-  const int32_t* tables_base = host ? tables_.data() : tables_dev_.as<int32_t>();
   for (size_t i = 0; i < plans.size(); ++i) {
     const Plan& p = plans[i];
     for (int64_t pos = p.start; pos < p.end; ++pos) {
@@ -204,7 +210,7 @@ absl::StatusOr<std::vector<AttentionEngine::StepOutput>> AttentionEngine::Step(
       positions_[r] = static_cast<int32_t>(pos);
       slots_[r] = p.seq->blocks[static_cast<size_t>(pos / bs)] * static_cast<int32_t>(bs) +
                   static_cast<int32_t>(pos % bs);
-      desc_[r] = {tables_base + table_at[i], static_cast<int32_t>(pos + 1)};
+      desc_[r] = {table_of[i], static_cast<int32_t>(pos + 1)};
     }
   }
   const int32_t* ids = ids_.data();
