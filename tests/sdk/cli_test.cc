@@ -204,9 +204,10 @@ TEST_F(CliTest, Deadline) {
 }
 
 TEST_F(CliTest, CtrlCCancelsGeneration) {
-  // coreutils timeout sends SIGINT after 2 s; --preserve-status passes on phimoe's exit code.
+  // coreutils timeout sends SIGINT after 2 s (--foreground: to phimoe only, not a second time to
+  // the process group); --preserve-status passes on phimoe's exit code.
   const CliResult r = Phimoe("generate", {"--prompt", "slow:50", "--json"}, "",
-                             "timeout --preserve-status -s INT 2 ");
+                             "timeout --foreground --preserve-status -s INT 2 ");
   EXPECT_EQ(r.exit_code, 130) << r.err;
   const json j = ParseJson(r.out);
   EXPECT_EQ(j["finish_reason"], "cancelled");
