@@ -6,18 +6,23 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "common/kv_blocks.h"
 #include "common/status.h"
 #include "kernels/cpu/ops.h"
 
-namespace phimoe {
+namespace phimoe::attention {
 
 AttentionEngine::AttentionEngine(const ModelConfig& config, const EngineOptions& options,
-                                 kernels::Backend* backend, ExpertDispatcher* dispatcher)
-    : config_(config), options_(options), backend_(backend), dispatcher_(dispatcher) {
+                                 kernels::Backend* backend, router::ExpertDispatcher* dispatcher)
+    : config_(config),
+      options_(options),
+      backend_(backend),
+      dispatcher_(dispatcher),
+      staging_(backend),
+      constants_(backend) {
   for (kernels::BackendBuffer* b :
        {&x_, &h_, &q_, &k_, &v_, &attn_, &proj_, &gate_logits_, &route_w_, &experts_, &moe_,
-        &logits_, &ids_dev_, &positions_dev_, &slots_dev_, &tables_dev_, &desc_dev_,
-        &inv_freq_short_dev_, &inv_freq_long_dev_}) {
+        &logits_, &ids_dev_, &positions_dev_, &slots_dev_, &tables_dev_, &desc_dev_}) {
     b->set_backend(backend);
   }
 }
@@ -34,7 +39,7 @@ absl::Status ReserveFor(kernels::BackendBuffer& buffer, int64_t count) {
 
 absl::StatusOr<std::unique_ptr<AttentionEngine>> AttentionEngine::Create(
     const ModelConfig& config, const Checkpoint& checkpoint, kernels::Backend* backend,
-    ExpertDispatcher* dispatcher, const EngineOptions& options) {
+    router::ExpertDispatcher* dispatcher, const EngineOptions& options) {
   if (options.block_size <= 0 || options.block_size > 4096) {
     return absl::InvalidArgumentError("KV block size must be in 1..4096");
   }
@@ -46,7 +51,7 @@ absl::StatusOr<std::unique_ptr<AttentionEngine>> AttentionEngine::Create(
 
 absl::StatusOr<std::unique_ptr<AttentionEngine>> AttentionEngine::Create(
     const ModelConfig& config, std::unique_ptr<AttentionWeights> weights,
-    kernels::Backend* backend, ExpertDispatcher* dispatcher, const EngineOptions& options) {
+    kernels::Backend* backend, router::ExpertDispatcher* dispatcher, const EngineOptions& options) {
   if (options.block_size <= 0 || options.block_size > 4096) {
     return absl::InvalidArgumentError("KV block size must be in 1..4096");
   }
@@ -65,22 +70,19 @@ absl::StatusOr<std::unique_ptr<AttentionEngine>> AttentionEngine::Create(
       kernels::cpu::RopeInvFreq(config.rope.short_factor, config.rope_theta, config.head_dim);
   e->inv_freq_long_ =
       kernels::cpu::RopeInvFreq(config.rope.long_factor, config.rope_theta, config.head_dim);
-  if (!backend->host_memory()) {
-    for (auto [host, dev] : {std::pair{&e->inv_freq_short_, &e->inv_freq_short_dev_},
-                             std::pair{&e->inv_freq_long_, &e->inv_freq_long_dev_}}) {
-      RETURN_IF_ERROR(ReserveFor<float>(*dev, static_cast<int64_t>(host->size())));
-      backend->Upload(dev->as<void>(), host->data(), host->size() * sizeof(float));
-    }
-  }
+  ASSIGN_OR_RETURN(e->inv_freq_short_dev_,
+                   e->staging_.Keep(e->inv_freq_short_.data(), e->inv_freq_short_.size(), e->constants_));
+  ASSIGN_OR_RETURN(e->inv_freq_long_dev_,
+                   e->staging_.Keep(e->inv_freq_long_.data(), e->inv_freq_long_.size(), e->constants_));
   return e;
 }
 
 int64_t AttentionEngine::BlocksFor(int64_t n_tokens) const {
-  return (n_tokens + kv_->block_size() - 1) / kv_->block_size();
+  return BlocksForTokens(n_tokens, kv_->block_size());
 }
 
 absl::Status AttentionEngine::AddSequence(SequenceId id, absl::Span<const int32_t> prompt,
-                                          const kernels::cpu::SamplingParams& sampling) {
+                                          const SamplingParams& sampling) {
   if (seqs_.count(id) != 0) {
     return absl::AlreadyExistsError(absl::StrCat("sequence ", id, " already exists"));
   }
@@ -134,17 +136,39 @@ absl::StatusOr<std::vector<int32_t>> AttentionEngine::Tokens(SequenceId id) cons
 
 absl::StatusOr<std::vector<AttentionEngine::StepOutput>> AttentionEngine::Step(
     absl::Span<const StepItem> items, ForwardObserver* observer) {
-  struct Plan {
-    Sequence* seq;
-    int64_t start, end;  // positions computed this step
-    bool use_long, recompute, sample;
-    int64_t row;         // first token row in the batch
-    int64_t logits_row;  // row in logits_ (when sampling)
-  };
+  int64_t n_tokens = 0;
+  ASSIGN_OR_RETURN(std::vector<Plan> plans, PlanStep(items, &n_tokens));
+  ASSIGN_OR_RETURN(const Batch batch, UploadBookkeeping(plans, n_tokens));
+  RETURN_IF_ERROR(ReserveActivations(n_tokens));
+
+  const int64_t d = config_.d_model;
+  float* x = x_.as<float>();
+  backend_->Embedding(batch.ids, n_tokens, weights_->embed, x);
+  if (observer) {
+    observer->OnResidual(-1, staging_.ToHost<float>(x, static_cast<size_t>(n_tokens * d), observe_host_),
+                         n_tokens, d);
+  }
+  for (int64_t l = 0; l < config_.n_layers; ++l) {
+    if (absl::Status st = ForwardLayer(l, plans, batch, observer); !st.ok()) {
+      AbandonStep(plans);
+      return st;
+    }
+  }
+  absl::StatusOr<const float*> logits = Logits(plans, n_tokens, observer);
+  if (!logits.ok()) {
+    AbandonStep(plans);
+    return logits.status();
+  }
+  return SampleAndCommit(items, plans, *logits);
+}
+
+absl::StatusOr<std::vector<AttentionEngine::Plan>> AttentionEngine::PlanStep(
+    absl::Span<const StepItem> items, int64_t* n_tokens) {
   std::vector<Plan> plans;
   plans.reserve(items.size());
   std::set<SequenceId> seen;
-  int64_t blocks_needed = 0, n_tokens = 0;
+  int64_t blocks_needed = 0;
+  *n_tokens = 0;
   for (const StepItem& item : items) {
     auto it = seqs_.find(item.id);
     if (it == seqs_.end()) return absl::InvalidArgumentError(absl::StrCat("unknown sequence ", item.id));
@@ -158,14 +182,14 @@ absl::StatusOr<std::vector<AttentionEngine::StepOutput>> AttentionEngine::Step(
       return absl::InvalidArgumentError(absl::StrCat("sequence ", item.id, " has nothing to compute"));
     }
     if (item.max_tokens > 0) pending = std::min(pending, item.max_tokens);
-    Plan p{&s, s.n_cached, s.n_cached + pending, NeedsLong(s), false, false, n_tokens, -1};
+    Plan p{&s, s.n_cached, s.n_cached + pending, NeedsLong(s), false, false, *n_tokens, -1};
     if (p.use_long && !s.long_rope && s.n_cached > 0) {
       p.recompute = true;
       p.start = 0;
     }
     p.sample = p.end == total;
     blocks_needed += std::max<int64_t>(0, BlocksFor(p.end) - static_cast<int64_t>(s.blocks.size()));
-    n_tokens += p.end - p.start;
+    *n_tokens += p.end - p.start;
     plans.push_back(p);
   }
   if (blocks_needed > kv_->free_blocks()) {
@@ -178,30 +202,22 @@ absl::StatusOr<std::vector<AttentionEngine::StepOutput>> AttentionEngine::Step(
       p.seq->blocks.push_back(b);
     }
   }
+  return plans;
+}
 
-  // Token rows of the batch.
-  const int64_t d = config_.d_model, hd = config_.head_dim, bs = kv_->block_size();
-  const int64_t q_dim = config_.n_heads * hd, kv_dim = config_.n_kv_heads * hd;
-  const bool host = backend_->host_memory();
-  ids_.resize(static_cast<size_t>(n_tokens));
-  positions_.resize(static_cast<size_t>(n_tokens));
-  slots_.resize(static_cast<size_t>(n_tokens));
-  desc_.resize(static_cast<size_t>(n_tokens));
+absl::StatusOr<AttentionEngine::Batch> AttentionEngine::UploadBookkeeping(
+    const std::vector<Plan>& plans, int64_t n_tokens) {
+  const int64_t bs = kv_->block_size();
+  const size_t n = static_cast<size_t>(n_tokens);
+  ids_.resize(n);
+  positions_.resize(n);
+  slots_.resize(n);
+  desc_.resize(n);
   // Where the attention op reads each sequence's block table: in place on a host backend; on a
   // device, all of them one after the other in one upload.
-  std::vector<const int32_t*> table_of(plans.size());
-  if (host) {
-    for (size_t i = 0; i < plans.size(); ++i) table_of[i] = plans[i].seq->blocks.data();
-  } else {
-    tables_.clear();
-    std::vector<size_t> table_at(plans.size());
-    for (size_t i = 0; i < plans.size(); ++i) {
-      table_at[i] = tables_.size();
-      tables_.insert(tables_.end(), plans[i].seq->blocks.begin(), plans[i].seq->blocks.end());
-    }
-    RETURN_IF_ERROR(ReserveFor<int32_t>(tables_dev_, static_cast<int64_t>(tables_.size())));
-    for (size_t i = 0; i < plans.size(); ++i) table_of[i] = tables_dev_.as<int32_t>() + table_at[i];
-  }
+  std::vector<absl::Span<const int32_t>> tables(plans.size());
+  for (size_t i = 0; i < plans.size(); ++i) tables[i] = plans[i].seq->blocks;
+  RETURN_IF_ERROR(staging_.ToBackendEach<int32_t>(tables, tables_dev_, tables_, table_of_));
   for (size_t i = 0; i < plans.size(); ++i) {
     const Plan& p = plans[i];
     for (int64_t pos = p.start; pos < p.end; ++pos) {
@@ -210,44 +226,21 @@ absl::StatusOr<std::vector<AttentionEngine::StepOutput>> AttentionEngine::Step(
       positions_[r] = static_cast<int32_t>(pos);
       slots_[r] = p.seq->blocks[static_cast<size_t>(pos / bs)] * static_cast<int32_t>(bs) +
                   static_cast<int32_t>(pos % bs);
-      desc_[r] = {table_of[i], static_cast<int32_t>(pos + 1)};
+      desc_[r] = {table_of_[i], static_cast<int32_t>(pos + 1)};
     }
   }
-  const int32_t* ids = ids_.data();
-  const int32_t* positions = positions_.data();
-  const int32_t* slots = slots_.data();
-  const kernels::AttentionTokenDesc* desc = desc_.data();
-  if (!host) {  // the batch's bookkeeping goes to the device once per step
-    RETURN_IF_ERROR(ReserveFor<int32_t>(ids_dev_, n_tokens));
-    RETURN_IF_ERROR(ReserveFor<int32_t>(positions_dev_, n_tokens));
-    RETURN_IF_ERROR(ReserveFor<int32_t>(slots_dev_, n_tokens));
-    RETURN_IF_ERROR(ReserveFor<kernels::AttentionTokenDesc>(desc_dev_, n_tokens));
-    backend_->Upload(tables_dev_.as<void>(), tables_.data(), tables_.size() * sizeof(int32_t));
-    backend_->Upload(ids_dev_.as<void>(), ids_.data(), ids_.size() * sizeof(int32_t));
-    backend_->Upload(positions_dev_.as<void>(), positions_.data(),
-                     positions_.size() * sizeof(int32_t));
-    backend_->Upload(slots_dev_.as<void>(), slots_.data(), slots_.size() * sizeof(int32_t));
-    backend_->Upload(desc_dev_.as<void>(), desc_.data(),
-                     desc_.size() * sizeof(kernels::AttentionTokenDesc));
-    ids = ids_dev_.as<int32_t>();
-    positions = positions_dev_.as<int32_t>();
-    slots = slots_dev_.as<int32_t>();
-    desc = desc_dev_.as<kernels::AttentionTokenDesc>();
-  }
+  Batch b;
+  b.n_tokens = n_tokens;
+  ASSIGN_OR_RETURN(b.ids, staging_.ToBackend(ids_.data(), n, ids_dev_));
+  ASSIGN_OR_RETURN(b.positions, staging_.ToBackend(positions_.data(), n, positions_dev_));
+  ASSIGN_OR_RETURN(b.slots, staging_.ToBackend(slots_.data(), n, slots_dev_));
+  ASSIGN_OR_RETURN(b.desc, staging_.ToBackend(desc_.data(), n, desc_dev_));
+  return b;
+}
 
-  auto fail = [&](const absl::Status& status) {
-    // Positions computed this step are not cached; a recomputation that failed half way has
-    // overwritten cached positions with a mix of factor sets, so that sequence starts over.
-    for (Plan& p : plans)
-      if (p.recompute) {
-        p.seq->n_cached = 0;
-        p.seq->long_rope = false;
-      }
-    return status;
-  };
-
-  const AttentionWeights& w = *weights_;
-  const int64_t n_exp = config_.n_experts;
+absl::Status AttentionEngine::ReserveActivations(int64_t n_tokens) {
+  const int64_t d = config_.d_model, q_dim = config_.n_heads * config_.head_dim,
+                kv_dim = config_.n_kv_heads * config_.head_dim;
   RETURN_IF_ERROR(ReserveFor<float>(x_, n_tokens * d));
   RETURN_IF_ERROR(ReserveFor<float>(h_, n_tokens * d));
   RETURN_IF_ERROR(ReserveFor<float>(q_, n_tokens * q_dim));
@@ -256,9 +249,20 @@ absl::StatusOr<std::vector<AttentionEngine::StepOutput>> AttentionEngine::Step(
   RETURN_IF_ERROR(ReserveFor<float>(attn_, n_tokens * q_dim));
   RETURN_IF_ERROR(ReserveFor<float>(proj_, n_tokens * d));
   RETURN_IF_ERROR(ReserveFor<float>(moe_, n_tokens * d));
-  RETURN_IF_ERROR(ReserveFor<float>(gate_logits_, n_tokens * n_exp));
+  RETURN_IF_ERROR(ReserveFor<float>(gate_logits_, n_tokens * config_.n_experts));
   RETURN_IF_ERROR(ReserveFor<int32_t>(experts_, n_tokens * 2));
   RETURN_IF_ERROR(ReserveFor<float>(route_w_, n_tokens * 2));
+  return absl::OkStatus();
+}
+
+absl::Status AttentionEngine::ForwardLayer(int64_t l, const std::vector<Plan>& plans,
+                                           const Batch& batch, ForwardObserver* observer) {
+  const AttentionLayerWeights& lw = weights_->layers[static_cast<size_t>(l)];
+  const int64_t n_tokens = batch.n_tokens, d = config_.d_model, hd = config_.head_dim;
+  const int64_t q_dim = config_.n_heads * hd, kv_dim = config_.n_kv_heads * hd;
+  const int64_t n_exp = config_.n_experts;
+  const float eps = static_cast<float>(config_.norm_eps);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   float* x = x_.as<float>();
   float* h = h_.as<float>();
   float* q = q_.as<float>();
@@ -270,91 +274,71 @@ absl::StatusOr<std::vector<AttentionEngine::StepOutput>> AttentionEngine::Step(
   float* gate_logits = gate_logits_.as<float>();
   int32_t* experts = experts_.as<int32_t>();
   float* route_w = route_w_.as<float>();
-  // Host views of backend memory for an observer (copies on a device backend).
-  auto host_view = [&](const float* p, int64_t n, std::vector<float>& copy) -> const float* {
-    if (host) return p;
-    copy.resize(static_cast<size_t>(n));
-    backend_->Download(copy.data(), p, static_cast<size_t>(n) * sizeof(float));
-    return copy.data();
-  };
 
-  backend_->Embedding(ids, n_tokens, w.embed, x);
-  if (observer) observer->OnResidual(-1, host_view(x, n_tokens * d, observe_host_), n_tokens, d);
-
-  const float eps = static_cast<float>(config_.norm_eps);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const float* inv_short = host ? inv_freq_short_.data() : inv_freq_short_dev_.as<float>();
-  const float* inv_long = host ? inv_freq_long_.data() : inv_freq_long_dev_.as<float>();
-  for (int64_t l = 0; l < config_.n_layers; ++l) {
-    const AttentionLayerWeights& lw = w.layers[static_cast<size_t>(l)];
-    backend_->LayerNorm(x, n_tokens, d, lw.input_norm_w, lw.input_norm_b, eps, h);
-    const kernels::MatMulProblem qkv[3] = {{h, n_tokens, lw.q, lw.q_b, q},
-                                           {h, n_tokens, lw.k, lw.k_b, k},
-                                           {h, n_tokens, lw.v, lw.v_b, v}};
-    backend_->MatMulGroup(qkv, 3);
-    for (const Plan& p : plans) {
-      const int64_t n = p.end - p.start;
-      const float* inv = p.use_long ? inv_long : inv_short;
-      const float mscale = static_cast<float>(p.use_long ? config_.rope.long_mscale
-                                                         : config_.rope.short_mscale);
-      const int32_t* pos = positions + p.row;
-      backend_->Rope(q + p.row * q_dim, n, q_dim, config_.n_heads, hd, pos, inv, mscale);
-      backend_->Rope(k + p.row * kv_dim, n, kv_dim, config_.n_kv_heads, hd, pos, inv, mscale);
-    }
-    const kernels::KvLayerView kv = kv_->Layer(l);
-    backend_->KvAppend(k, kv_dim, v, kv_dim, n_tokens, slots, kv);
-    backend_->Attention(q, q_dim, n_tokens, config_.n_heads, desc, kv, scale, attn);
-    backend_->MatMul(attn, n_tokens, lw.o, lw.o_b, proj);
-    backend_->Add(x, proj, n_tokens * d);
-
-    backend_->LayerNorm(x, n_tokens, d, lw.post_norm_w, lw.post_norm_b, eps, h);
-    backend_->MatMul(h, n_tokens, lw.gate, nullptr, gate_logits);
-    backend_->SparseMixerTop2(gate_logits, n_tokens, n_exp,
-                              static_cast<float>(config_.router_jitter_noise), experts, route_w);
-    // The MoE crosses on the host (to expert nodes, or to the in-process expert side).
-    MoeRequest req;
-    req.layer = static_cast<int32_t>(l);
-    req.n_tokens = n_tokens;
-    req.d_model = d;
-    float* moe_out = moe;
-    if (host) {
-      req.hidden = h;
-      req.experts = experts;
-      req.weights = route_w;
-    } else {
-      hidden_host_.resize(static_cast<size_t>(n_tokens * d));
-      experts_host_.resize(static_cast<size_t>(n_tokens * 2));
-      route_w_host_.resize(static_cast<size_t>(n_tokens * 2));
-      moe_host_.resize(static_cast<size_t>(n_tokens * d));
-      backend_->Download(hidden_host_.data(), h, hidden_host_.size() * sizeof(float));
-      backend_->Download(experts_host_.data(), experts, experts_host_.size() * sizeof(int32_t));
-      backend_->Download(route_w_host_.data(), route_w, route_w_host_.size() * sizeof(float));
-      req.hidden = hidden_host_.data();
-      req.experts = experts_host_.data();
-      req.weights = route_w_host_.data();
-      moe_out = moe_host_.data();
-    }
-    if (observer) {
-      observer->OnRouting(static_cast<int>(l), host_view(gate_logits, n_tokens * n_exp, observe_host_),
-                          req.experts, req.weights, n_tokens, n_exp);
-    }
-    if (!host) {
-      if (absl::Status st = backend_->Synchronize(); !st.ok()) {
-        return fail(Annotate(st, absl::StrCat("layer ", l, " on the backend")));
-      }
-    }
-    if (absl::Status st = dispatcher_->Dispatch(req, moe_out); !st.ok()) {
-      return fail(Annotate(st, absl::StrCat("layer ", l, " expert dispatch")));
-    }
-    if (!host) backend_->Upload(moe, moe_host_.data(), moe_host_.size() * sizeof(float));
-    backend_->Add(x, moe, n_tokens * d);
-    if (observer) {
-      observer->OnResidual(static_cast<int>(l), host_view(x, n_tokens * d, observe_host_), n_tokens,
-                           d);
-    }
+  // Attention.
+  backend_->LayerNorm(x, n_tokens, d, lw.input_norm_w, lw.input_norm_b, eps, h);
+  const kernels::MatMulProblem qkv[3] = {{h, n_tokens, lw.q, lw.q_b, q},
+                                         {h, n_tokens, lw.k, lw.k_b, k},
+                                         {h, n_tokens, lw.v, lw.v_b, v}};
+  backend_->MatMulGroup(qkv, 3);
+  for (const Plan& p : plans) {
+    const int64_t n = p.end - p.start;
+    const float* inv = p.use_long ? inv_freq_long_dev_ : inv_freq_short_dev_;
+    const float mscale =
+        static_cast<float>(p.use_long ? config_.rope.long_mscale : config_.rope.short_mscale);
+    const int32_t* pos = batch.positions + p.row;
+    backend_->Rope(q + p.row * q_dim, n, q_dim, config_.n_heads, hd, pos, inv, mscale);
+    backend_->Rope(k + p.row * kv_dim, n, kv_dim, config_.n_kv_heads, hd, pos, inv, mscale);
   }
+  const kernels::KvLayerView kv = kv_->Layer(l);
+  backend_->KvAppend(k, kv_dim, v, kv_dim, n_tokens, batch.slots, kv);
+  backend_->Attention(q, q_dim, n_tokens, config_.n_heads, batch.desc, kv, scale, attn);
+  backend_->MatMul(attn, n_tokens, lw.o, lw.o_b, proj);
+  backend_->Add(x, proj, n_tokens * d);
 
+  // The gate and sparsemixer routing.
+  backend_->LayerNorm(x, n_tokens, d, lw.post_norm_w, lw.post_norm_b, eps, h);
+  backend_->MatMul(h, n_tokens, lw.gate, nullptr, gate_logits);
+  backend_->SparseMixerTop2(gate_logits, n_tokens, n_exp,
+                            static_cast<float>(config_.router_jitter_noise), experts, route_w);
+
+  // The MoE crosses on the host (to expert nodes, or to the in-process expert side).
+  const size_t n_hidden = static_cast<size_t>(n_tokens * d), n_routes = static_cast<size_t>(n_tokens * 2);
+  router::MoeRequest req;
+  req.layer = static_cast<int32_t>(l);
+  req.n_tokens = n_tokens;
+  req.d_model = d;
+  req.hidden = staging_.ToHost<float>(h, n_hidden, hidden_host_);
+  req.experts = staging_.ToHost<int32_t>(experts, n_routes, experts_host_);
+  req.weights = staging_.ToHost<float>(route_w, n_routes, route_w_host_);
+  float* moe_out = staging_.HostWritable(moe, n_hidden, moe_host_);
+  if (observer) {
+    observer->OnRouting(static_cast<int>(l),
+                        staging_.ToHost<float>(gate_logits, static_cast<size_t>(n_tokens * n_exp),
+                                               observe_host_),
+                        req.experts, req.weights, n_tokens, n_exp);
+  }
+  if (absl::Status st = backend_->Synchronize(); !st.ok()) {
+    return Annotate(st, absl::StrCat("layer ", l, " on the backend"));
+  }
+  if (absl::Status st = dispatcher_->Dispatch(req, moe_out); !st.ok()) {
+    return Annotate(st, absl::StrCat("layer ", l, " expert dispatch"));
+  }
+  staging_.Publish(moe, moe_host_, n_hidden);
+  backend_->Add(x, moe, n_tokens * d);
+  if (observer) {
+    observer->OnResidual(static_cast<int>(l), staging_.ToHost<float>(x, n_hidden, observe_host_),
+                         n_tokens, d);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<const float*> AttentionEngine::Logits(std::vector<Plan>& plans, int64_t n_tokens,
+                                                     ForwardObserver* observer) {
   // Final norm and lm_head on the rows that need logits.
+  const int64_t d = config_.d_model, vocab = config_.vocab_size;
+  float* x = x_.as<float>();
+  float* h = h_.as<float>();
   const bool all_rows = observer != nullptr && observer->WantAllLogits();
   int64_t n_rows = 0;
   for (Plan& p : plans) {
@@ -374,22 +358,24 @@ absl::StatusOr<std::vector<AttentionEngine::StepOutput>> AttentionEngine::Step(
       backend_->Copy(h + p.logits_row * d, x + (p.row + (p.end - p.start) - 1) * d, row_bytes);
     }
   }
-  backend_->LayerNorm(h, n_rows, d, w.final_norm_w, w.final_norm_b, eps, h);
-  if (observer) observer->OnFinalNorm(host_view(h, n_rows * d, observe_host_), n_rows, d);
-  const int64_t vocab = config_.vocab_size;
+  const float eps = static_cast<float>(config_.norm_eps);
+  backend_->LayerNorm(h, n_rows, d, weights_->final_norm_w, weights_->final_norm_b, eps, h);
+  if (observer) {
+    observer->OnFinalNorm(staging_.ToHost<float>(h, static_cast<size_t>(n_rows * d), observe_host_),
+                          n_rows, d);
+  }
   RETURN_IF_ERROR(ReserveFor<float>(logits_, n_rows * vocab));
-  backend_->MatMul(h, n_rows, w.lm_head, w.lm_head_b, logits_.as<float>());
-  const float* logits = logits_.as<float>();
-  if (!host) {  // sampling runs on the host
-    logits_host_.resize(static_cast<size_t>(n_rows * vocab));
-    backend_->Download(logits_host_.data(), logits, logits_host_.size() * sizeof(float));
-    logits = logits_host_.data();
-  }
-  if (absl::Status st = backend_->Synchronize(); !st.ok()) {
-    return fail(Annotate(st, "backend"));
-  }
+  backend_->MatMul(h, n_rows, weights_->lm_head, weights_->lm_head_b, logits_.as<float>());
+  // Sampling runs on the host.
+  const float* logits =
+      staging_.ToHost<float>(logits_.as<float>(), static_cast<size_t>(n_rows * vocab), logits_host_);
+  if (absl::Status st = backend_->Synchronize(); !st.ok()) return Annotate(st, "backend");
   if (observer) observer->OnLogits(logits, n_rows, vocab);
+  return logits;
+}
 
+std::vector<AttentionEngine::StepOutput> AttentionEngine::SampleAndCommit(
+    absl::Span<const StepItem> items, std::vector<Plan>& plans, const float* logits) {
   std::vector<StepOutput> out;
   out.reserve(plans.size());
   for (size_t i = 0; i < plans.size(); ++i) {
@@ -415,4 +401,15 @@ absl::StatusOr<std::vector<AttentionEngine::StepOutput>> AttentionEngine::Step(
   return out;
 }
 
-}  // namespace phimoe
+void AttentionEngine::AbandonStep(std::vector<Plan>& plans) {
+  // Positions computed this step are not cached; a recomputation that failed half way has
+  // overwritten cached positions with a mix of factor sets, so that sequence starts over.
+  for (Plan& p : plans) {
+    if (p.recompute) {
+      p.seq->n_cached = 0;
+      p.seq->long_rope = false;
+    }
+  }
+}
+
+}  // namespace phimoe::attention

@@ -22,10 +22,12 @@
 #include "common/model_config.h"
 #include "kernels/backend.h"
 #include "kernels/backend_buffer.h"
+#include "kernels/staging.h"
+#include "common/sampling_params.h"
 #include "kernels/cpu/sampling.h"
 #include "router/expert_dispatcher.h"
 
-namespace phimoe {
+namespace phimoe::attention {
 
 struct EngineOptions {
   int64_t kv_blocks = 0;              // 0: as many as kv_memory_bytes allows
@@ -72,13 +74,13 @@ class AttentionEngine {
   static absl::StatusOr<std::unique_ptr<AttentionEngine>> Create(const ModelConfig& config,
                                                                  const Checkpoint& checkpoint,
                                                                  kernels::Backend* backend,
-                                                                 ExpertDispatcher* dispatcher,
+                                                                 router::ExpertDispatcher* dispatcher,
                                                                  const EngineOptions& options);
 
   // With weights already built (AttentionWeights::Synthetic, or loaded by the caller).
   static absl::StatusOr<std::unique_ptr<AttentionEngine>> Create(
       const ModelConfig& config, std::unique_ptr<AttentionWeights> weights,
-      kernels::Backend* backend, ExpertDispatcher* dispatcher, const EngineOptions& options);
+      kernels::Backend* backend, router::ExpertDispatcher* dispatcher, const EngineOptions& options);
 
   const ModelConfig& config() const { return config_; }
   const EngineOptions& options() const { return options_; }
@@ -87,7 +89,7 @@ class AttentionEngine {
   // prompt, an id outside the vocabulary or a prompt over max_seq_len; ALREADY_EXISTS for a
   // duplicate id.
   absl::Status AddSequence(SequenceId id, absl::Span<const int32_t> prompt,
-                           const kernels::cpu::SamplingParams& sampling);
+                           const SamplingParams& sampling);
   // Appends tokens to process (a further prompt chunk, or tokens the caller forces).
   absl::Status AppendTokens(SequenceId id, absl::Span<const int32_t> tokens);
   // Frees the sequence's KV blocks. NOT_FOUND when unknown.
@@ -116,35 +118,77 @@ class AttentionEngine {
     int64_t n_cached = 0;
     bool long_rope = false;  // cached KV computed with the long factors
     std::vector<int32_t> blocks;
-    kernels::cpu::SamplingParams sampling;  // samples: Rng::ForPosition(seed, tokens.size())
+    SamplingParams sampling;  // samples: Rng::ForPosition(seed, tokens.size())
   };
+  // One sequence's part of a step.
+  struct Plan {
+    Sequence* seq;
+    int64_t start, end;  // positions computed this step
+    bool use_long, recompute, sample;
+    int64_t row;         // first token row in the batch
+    int64_t logits_row;  // row in logits_ (when sampling)
+  };
+  // The step's per-token bookkeeping where the backend reads it.
+  struct Batch {
+    int64_t n_tokens = 0;
+    const int32_t* ids = nullptr;
+    const int32_t* positions = nullptr;
+    const int32_t* slots = nullptr;
+    const kernels::AttentionTokenDesc* desc = nullptr;
+  };
+
   AttentionEngine(const ModelConfig& config, const EngineOptions& options,
-                  kernels::Backend* backend, ExpertDispatcher* dispatcher);
+                  kernels::Backend* backend, router::ExpertDispatcher* dispatcher);
   bool NeedsLong(const Sequence& s) const {
     return static_cast<int64_t>(s.tokens.size()) > config_.rope.original_max_position_embeddings;
   }
 
+  // The steps of Step, in order. PlanStep validates the items and allocates the KV blocks the
+  // step needs (RESOURCE_EXHAUSTED before any allocation when they are not free); `n_tokens`
+  // gets the batch's token rows.
+  absl::StatusOr<std::vector<Plan>> PlanStep(absl::Span<const StepItem> items, int64_t* n_tokens);
+  // Token ids, positions, KV slots and attention descriptors of every row, to the backend.
+  absl::StatusOr<Batch> UploadBookkeeping(const std::vector<Plan>& plans, int64_t n_tokens);
+  absl::Status ReserveActivations(int64_t n_tokens);
+  // One decoder layer on x_: attention with the KV append, the gate and sparsemixer routing,
+  // then the experts through the dispatcher (whose error is returned, annotated with the layer).
+  absl::Status ForwardLayer(int64_t layer, const std::vector<Plan>& plans, const Batch& batch,
+                            ForwardObserver* observer);
+  // The final norm and lm_head on the rows that sample (every row when the observer asks);
+  // sets each plan's logits_row and returns the logits in host memory.
+  absl::StatusOr<const float*> Logits(std::vector<Plan>& plans, int64_t n_tokens,
+                                      ForwardObserver* observer);
+  // Marks the computed positions cached and samples each finished sequence's next token.
+  std::vector<StepOutput> SampleAndCommit(absl::Span<const StepItem> items,
+                                          std::vector<Plan>& plans, const float* logits);
+  // After a failed layer: the step's positions stay uncached; a half-done recompute starts over.
+  void AbandonStep(std::vector<Plan>& plans);
+
   ModelConfig config_;
   EngineOptions options_;
   kernels::Backend* backend_;
-  ExpertDispatcher* dispatcher_;
+  router::ExpertDispatcher* dispatcher_;
+  kernels::Staging staging_;
   std::unique_ptr<AttentionWeights> weights_;
   std::unique_ptr<KvCache> kv_;
   std::vector<float> inv_freq_short_, inv_freq_long_;
+  kernels::BackendArena constants_;  // their backend copies (none on a host backend)
+  const float* inv_freq_short_dev_ = nullptr;
+  const float* inv_freq_long_dev_ = nullptr;
   std::map<SequenceId, Sequence> seqs_;
   kernels::cpu::Sampler sampler_;
 
   // Per-step scratch, reused. Host side: the batch's bookkeeping, and on a device backend the
   // copies of what crosses to the host (the MoE dispatch, sampling, an observer).
   std::vector<int32_t> ids_, positions_, slots_, tables_;
+  std::vector<const int32_t*> table_of_;
   std::vector<kernels::AttentionTokenDesc> desc_;
   std::vector<float> hidden_host_, moe_host_, route_w_host_, logits_host_, observe_host_;
   std::vector<int32_t> experts_host_;
   // Backend memory (host memory for the CPU backend: then the host side is used in place).
   kernels::BackendBuffer x_, h_, q_, k_, v_, attn_, proj_, gate_logits_, route_w_, experts_, moe_,
       logits_;
-  kernels::BackendBuffer ids_dev_, positions_dev_, slots_dev_, tables_dev_, desc_dev_,
-      inv_freq_short_dev_, inv_freq_long_dev_;
+  kernels::BackendBuffer ids_dev_, positions_dev_, slots_dev_, tables_dev_, desc_dev_;
 };
 
-}  // namespace phimoe
+}  // namespace phimoe::attention

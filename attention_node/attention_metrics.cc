@@ -4,7 +4,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/metrics_server.h"
 
-namespace phimoe {
+namespace phimoe::attention {
 namespace {
 
 const std::vector<double> kRoundTrip = ExponentialBuckets(0.0001, 2, 16);  // 0.1 ms .. ~3 s
@@ -126,4 +126,4 @@ void AttentionMetrics::OnNodeUp(const std::string& node, bool up) {
   node_events_.Add({{"node", node}, {"event", up ? "up" : "down"}}).Increment();
 }
 
-}  // namespace phimoe
+}  // namespace phimoe::attention

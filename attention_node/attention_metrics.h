@@ -16,9 +16,9 @@
 #include "prometheus/registry.h"
 #include "router/remote_dispatcher.h"
 
-namespace phimoe {
+namespace phimoe::attention {
 
-class AttentionMetrics final : public DispatchObserver {
+class AttentionMetrics final : public router::DispatchObserver {
  public:
   AttentionMetrics(prometheus::Registry& registry, int64_t n_layers, int64_t n_experts,
                    const std::vector<std::string>& expert_nodes);
@@ -51,4 +51,4 @@ class AttentionMetrics final : public DispatchObserver {
   prometheus::Family<prometheus::Counter>& node_events_;
 };
 
-}  // namespace phimoe
+}  // namespace phimoe::attention

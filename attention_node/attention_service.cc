@@ -12,7 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
 
-namespace phimoe {
+namespace phimoe::attention {
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -22,7 +22,7 @@ int64_t NanosSince(Clock::time_point t0) {
 }
 
 // Sampling values from the wire; errors name the field.
-absl::Status ToSampling(const phimoe::v1::SamplingParams& in, kernels::cpu::SamplingParams* out) {
+absl::Status ToSampling(const phimoe::v1::SamplingParams& in, SamplingParams* out) {
   if (!std::isfinite(in.temperature()) || in.temperature() < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("sampling.temperature must be finite and >= 0, got ", in.temperature()));
@@ -62,14 +62,14 @@ absl::Status CheckTokens(const google::protobuf::RepeatedField<int32_t>& ids, co
 
 }  // namespace
 
-absl::Status StepGuardDispatcher::Dispatch(const MoeRequest& request, float* out) {
+absl::Status StepGuardDispatcher::Dispatch(const router::MoeRequest& request, float* out) {
   if (check_) {
     if (absl::Status s = check_(); !s.ok()) return s;
   }
   const auto t0 = Clock::now();
   absl::Status s;
   if (check_) {
-    MoeRequest guarded = request;
+    router::MoeRequest guarded = request;
     guarded.deadline = std::min(request.deadline, deadline_);
     if (cancelled_) guarded.cancelled = cancelled_;
     s = inner_->Dispatch(guarded, out);
@@ -202,7 +202,7 @@ absl::Status AttentionService::StillWanted(grpc::CallbackServerContext* context)
 grpc::ServerUnaryReactor* AttentionService::AddSequence(grpc::CallbackServerContext* context,
                                                         const phimoe::v1::AddSequenceRequest* request,
                                                         phimoe::v1::AddSequenceResponse* response) {
-  kernels::cpu::SamplingParams sampling;
+  SamplingParams sampling;
   absl::Status invalid = ToSampling(request->sampling(), &sampling);
   if (invalid.ok()) {
     invalid = CheckTokens(request->prompt(), "prompt", engine_->config().vocab_size,
@@ -333,4 +333,4 @@ grpc::ServerUnaryReactor* AttentionService::Capacity(grpc::CallbackServerContext
   return reactor;
 }
 
-}  // namespace phimoe
+}  // namespace phimoe::attention

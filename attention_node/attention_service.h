@@ -23,16 +23,16 @@
 #include "phimoe/v1/attention.grpc.pb.h"
 #include "router/expert_dispatcher.h"
 
-namespace phimoe {
+namespace phimoe::attention {
 
 // Sits between the engine and the real dispatcher: before each layer's dispatch it asks whether
 // the step's caller still wants the result (UNAVAILABLE when draining, CANCELLED, DEADLINE_EXCEEDED:
 // returned to the engine, which then abandons the step consistently), and it adds up the time
 // spent waiting for experts. Used by one thread at a time (the service's worker).
-class StepGuardDispatcher : public ExpertDispatcher {
+class StepGuardDispatcher : public router::ExpertDispatcher {
  public:
-  explicit StepGuardDispatcher(ExpertDispatcher* inner) : inner_(inner) {}
-  absl::Status Dispatch(const MoeRequest& request, float* out) override;
+  explicit StepGuardDispatcher(router::ExpertDispatcher* inner) : inner_(inner) {}
+  absl::Status Dispatch(const router::MoeRequest& request, float* out) override;
 
   // `check` is called before every dispatch until Disarm(); a non-OK status stops the step.
   // `deadline` and `cancelled` go with every dispatch (MoeRequest), so a layer already waiting
@@ -47,7 +47,7 @@ class StepGuardDispatcher : public ExpertDispatcher {
   const std::vector<int64_t>& routed() const { return routed_; }
 
  private:
-  ExpertDispatcher* inner_;
+  router::ExpertDispatcher* inner_;
   std::function<absl::Status()> check_;
   absl::Time deadline_ = absl::InfiniteFuture();
   std::function<bool()> cancelled_;
@@ -126,4 +126,4 @@ class AttentionService final : public phimoe::v1::AttentionService::CallbackServ
   std::thread worker_;
 };
 
-}  // namespace phimoe
+}  // namespace phimoe::attention

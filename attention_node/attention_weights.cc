@@ -3,8 +3,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "kernels/staging.h"
 
-namespace phimoe {
+namespace phimoe::attention {
 
 namespace {
 
@@ -86,13 +87,12 @@ absl::StatusOr<std::unique_ptr<AttentionWeights>> AttentionWeights::Synthetic(
 }
 
 absl::Status AttentionWeights::PlaceOn(kernels::Backend* backend) {
-  if (placed || backend->host_memory()) return absl::OkStatus();
+  if (placed) return absl::OkStatus();
   placed = true;
   device.set_backend(backend);
+  kernels::Staging staging(backend);  // in place on a host backend: nothing is copied
   auto place = [&](const bf16_t*& p, int64_t n) -> absl::Status {
-    if (p == nullptr) return absl::OkStatus();
-    ASSIGN_OR_RETURN(void* d, device.Upload(p, static_cast<size_t>(n) * sizeof(bf16_t)));
-    p = static_cast<const bf16_t*>(d);
+    ASSIGN_OR_RETURN(p, staging.Keep(p, static_cast<size_t>(n), device));
     return absl::OkStatus();
   };
   auto place_matrix = [&](kernels::Bf16Matrix& m) { return place(m.data, m.rows * m.cols); };
@@ -120,4 +120,4 @@ absl::Status AttentionWeights::PlaceOn(kernels::Backend* backend) {
   return absl::OkStatus();
 }
 
-}  // namespace phimoe
+}  // namespace phimoe::attention

@@ -11,7 +11,7 @@
 #include "kernels/backend.h"
 #include "kernels/backend_buffer.h"
 
-namespace phimoe {
+namespace phimoe::attention {
 
 struct AttentionLayerWeights {
   const bf16_t* input_norm_w = nullptr;
@@ -52,4 +52,4 @@ struct AttentionWeights {
                                                                      const SyntheticFill& fill);
 };
 
-}  // namespace phimoe
+}  // namespace phimoe::attention

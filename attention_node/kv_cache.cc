@@ -3,7 +3,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace phimoe {
+namespace phimoe::attention {
 
 KvCache::KvCache(const ModelConfig& config, int64_t n_blocks, int64_t block_size,
                  kernels::Backend* backend)
@@ -58,4 +58,4 @@ int64_t KvCache::BytesPerToken(const ModelConfig& config) {
          static_cast<int64_t>(sizeof(float));
 }
 
-}  // namespace phimoe
+}  // namespace phimoe::attention

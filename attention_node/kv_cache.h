@@ -13,7 +13,7 @@
 #include "kernels/backend.h"
 #include "kernels/backend_buffer.h"
 
-namespace phimoe {
+namespace phimoe::attention {
 
 class KvCache {
  public:
@@ -44,4 +44,4 @@ class KvCache {
   std::vector<int32_t> free_;  // LIFO: recently freed (warm) blocks are reused first
 };
 
-}  // namespace phimoe
+}  // namespace phimoe::attention

@@ -27,10 +27,11 @@
 #include "common/model_config.h"
 #include "common/safetensors.h"
 #include "kernels/backend.h"
+#include "kernels/backend_registry.h"
 #include "router/remote_dispatcher.h"
 #include "router/remote_flags.h"
 
-namespace phimoe {
+namespace phimoe::attention {
 namespace {
 
 constexpr char kProgram[] = "phimoe-attention-node";
@@ -75,7 +76,7 @@ int Main(int argc, char** argv) {
   std::string model_dir, listen, precision = "fp32", metrics_listen;
   int64_t kv_blocks = 0, block_size = 16, max_seq_len = 131072, kv_memory_mb = 1024;
   int64_t shutdown_grace_ms = 10000;
-  RemoteExpertFlags remote_flags;
+  router::RemoteExpertFlags remote_flags;
   CommonFlags common;
   FlagParser flags(
       kProgram,
@@ -138,7 +139,7 @@ int Main(int argc, char** argv) {
     metrics = std::make_unique<AttentionMetrics>(metrics_server->registry(), config->n_layers,
                                                  config->n_experts, dopts->expert_nodes);
   }
-  auto remote = RemoteDispatcher::Create(*config, *dopts);
+  auto remote = router::RemoteDispatcher::Create(*config, *dopts);
   if (!remote.ok()) return Fail(1, "cannot start: " + remote.status().ToString());
 
   if (metrics != nullptr) (*remote)->SetObserver(metrics.get());
@@ -165,7 +166,7 @@ int Main(int argc, char** argv) {
   if (server == nullptr || port == 0) return Fail(1, "cannot listen on " + listen);
 
   (*remote)->SetServingCallback([&health](bool serving) { health.Set(serving); });
-  RemoteDispatcher* dispatcher = remote->get();
+  router::RemoteDispatcher* dispatcher = remote->get();
   health.Attach(server->GetHealthCheckService(),
                 [dispatcher] { return dispatcher->AllExpertsServed(); });
 
@@ -199,6 +200,6 @@ int Main(int argc, char** argv) {
 }
 
 }  // namespace
-}  // namespace phimoe
+}  // namespace phimoe::attention
 
-int main(int argc, char** argv) { return phimoe::Main(argc, argv); }
+int main(int argc, char** argv) { return phimoe::attention::Main(argc, argv); }

@@ -197,24 +197,6 @@ void CommonFlags::Register(FlagParser& parser) {
   parser.AddString("device", &device, "compute device: cpu or cuda[:N]");
 }
 
-absl::Status ParseDevice(const std::string& text, int* cuda_ordinal) {
-  if (text == "cpu") {
-    *cuda_ordinal = -1;
-    return absl::OkStatus();
-  }
-  if (text == "cuda") {
-    *cuda_ordinal = 0;
-    return absl::OkStatus();
-  }
-  int n;
-  if (text.rfind("cuda:", 0) == 0 && absl::SimpleAtoi(text.substr(5), &n) && n >= 0) {
-    *cuda_ordinal = n;
-    return absl::OkStatus();
-  }
-  return absl::InvalidArgumentError(
-      absl::StrCat("--device must be cpu, cuda or cuda:N, got \"", text, "\""));
-}
-
 absl::Status ParseIntList(const std::string& text, std::vector<int64_t>* out) {
   out->clear();
   if (text.empty()) return absl::InvalidArgumentError("empty list");

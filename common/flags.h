@@ -60,15 +60,13 @@ class FlagParser {
   bool help_ = false;
 };
 
-// Flags every binary carries: `--threads N` (0 = all cores) and `--device cpu|cuda[:N]`.
+// Flags every binary carries: `--threads N` (0 = all cores) and `--device cpu|cuda[:N]` (parsed
+// and checked by the backend registry, kernels/backend_registry.h).
 struct CommonFlags {
   int64_t threads = 0;
   std::string device = "cpu";
   void Register(FlagParser& parser);
 };
-
-// Parses `cpu`, `cuda` or `cuda:N`. Returns the device ordinal for cuda (0 by default), -1 for cpu.
-absl::Status ParseDevice(const std::string& text, int* cuda_ordinal);
 
 // Parses a comma-separated integer list ("1,2,3"); empty items or junk are INVALID_ARGUMENT.
 absl::Status ParseIntList(const std::string& text, std::vector<int64_t>* out);

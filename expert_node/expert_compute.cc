@@ -10,7 +10,7 @@
 #include "absl/strings/str_split.h"
 #include "common/status.h"
 
-namespace phimoe {
+namespace phimoe::expert {
 
 ExpertSet::ExpertSet(int64_t n_layers, int64_t n_experts, bool all)
     : n_layers_(n_layers), n_experts_(n_experts),
@@ -117,12 +117,9 @@ absl::StatusOr<std::unique_ptr<ExpertCompute>> ExpertCompute::Create(const Model
                [&](ExpertCompute& c, const std::string& name,
                    const std::vector<int64_t>& shape) -> absl::StatusOr<const bf16_t*> {
                  ASSIGN_OR_RETURN(const bf16_t* host, LoadBf16(checkpoint, name, shape, c.arena_));
-                 if (backend->host_memory()) return host;
                  // A device backend computes from its own copy.
-                 ASSIGN_OR_RETURN(void* dev, c.device_.Upload(host, static_cast<size_t>(
-                                                                         shape[0] * shape[1]) *
-                                                                         sizeof(bf16_t)));
-                 return static_cast<const bf16_t*>(dev);
+                 return kernels::Staging(backend).Keep(host, static_cast<size_t>(shape[0] * shape[1]),
+                                                       c.device_);
                });
 }
 
@@ -170,7 +167,6 @@ absl::Status ExpertCompute::Run(int32_t layer, const float* hidden, int64_t n_to
   }
   // Gather every assignment's row, grouped by expert (row i of the block is order_[i]), on the
   // host; on a device backend the block goes over once and the products come back once.
-  const bool host = backend_->host_memory();
   const int64_t m = static_cast<int64_t>(assignments.size());
   const size_t m_rows = static_cast<size_t>(std::max<int64_t>(m, 1));
   RETURN_IF_ERROR(rows_.Reserve(m_rows * static_cast<size_t>(d) * sizeof(float)));
@@ -181,16 +177,13 @@ absl::Status ExpertCompute::Run(int32_t layer, const float* hidden, int64_t n_to
   float* gate = gate_.as<float>();
   float* up = up_.as<float>();
   float* down = down_.as<float>();
-  float* rows_host = rows;
-  if (!host) {
-    rows_host_.resize(static_cast<size_t>(m * d));
-    rows_host = rows_host_.data();
-  }
+  const size_t n_rows = static_cast<size_t>(m * d);
+  float* rows_host = staging_.HostWritable(rows, n_rows, rows_host_);
   for (int64_t i = 0; i < m; ++i) {
     const ExpertAssignment& a = assignments[static_cast<size_t>(order_[static_cast<size_t>(i)])];
     std::copy(hidden + a.token * d, hidden + (a.token + 1) * d, rows_host + i * d);
   }
-  if (!host) backend_->Upload(rows, rows_host, static_cast<size_t>(m * d) * sizeof(float));
+  staging_.Publish(rows, rows_host_, n_rows);
   // All experts' gate and up products in one parallel region, SwiGLU, then all down products.
   problems_.clear();
   for (int64_t e = 0; e < n_exp; ++e) {
@@ -210,12 +203,7 @@ absl::Status ExpertCompute::Run(int32_t layer, const float* hidden, int64_t n_to
     problems_.push_back({gate + begin * f, n, ffn.w2, nullptr, down + begin * d});
   }
   backend_->MatMulGroup(problems_.data(), static_cast<int64_t>(problems_.size()));
-  const float* down_host = down;
-  if (!host) {
-    down_host_.resize(static_cast<size_t>(m * d));
-    backend_->Download(down_host_.data(), down, down_host_.size() * sizeof(float));
-    down_host = down_host_.data();
-  }
+  const float* down_host = staging_.ToHost<float>(down, n_rows, down_host_);
   // Scatter with the routing weights, experts in ascending id as the reference sums them.
   for (int64_t i = 0; i < m; ++i) {
     const ExpertAssignment& a = assignments[static_cast<size_t>(order_[static_cast<size_t>(i)])];
@@ -226,4 +214,4 @@ absl::Status ExpertCompute::Run(int32_t layer, const float* hidden, int64_t n_to
   return absl::OkStatus();
 }
 
-}  // namespace phimoe
+}  // namespace phimoe::expert

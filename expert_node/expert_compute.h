@@ -17,8 +17,9 @@
 #include "common/weights.h"
 #include "kernels/backend.h"
 #include "kernels/backend_buffer.h"
+#include "kernels/staging.h"
 
-namespace phimoe {
+namespace phimoe::expert {
 
 // Which experts a node hosts: hosted[layer][expert].
 class ExpertSet {
@@ -81,6 +82,7 @@ class ExpertCompute {
         experts_(experts),
         backend_(backend),
         device_(backend),
+        staging_(backend),
         rows_(backend),
         gate_(backend),
         up_(backend),
@@ -91,6 +93,7 @@ class ExpertCompute {
   kernels::Backend* backend_;
   WeightArena arena_;
   kernels::BackendArena device_;  // the hosted experts' weights on a device backend
+  kernels::Staging staging_;
   std::vector<Ffn> ffn_;  // [layer * n_experts + expert]; empty matrices when not hosted
   // Scratch reused across calls: backend memory, plus host copies on a device backend.
   std::vector<int32_t> order_, offsets_;
@@ -99,4 +102,4 @@ class ExpertCompute {
   std::vector<kernels::MatMulProblem> problems_;
 };
 
-}  // namespace phimoe
+}  // namespace phimoe::expert

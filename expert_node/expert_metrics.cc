@@ -4,7 +4,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/metrics_server.h"
 
-namespace phimoe {
+namespace phimoe::expert {
 
 ExpertMetrics::ExpertMetrics(prometheus::Registry& r, int64_t n_layers, int64_t n_experts)
     : n_layers_(n_layers),
@@ -67,4 +67,4 @@ void ExpertMetrics::OnRequest(const v1::ExpertRequest& request,
   }
 }
 
-}  // namespace phimoe
+}  // namespace phimoe::expert

@@ -11,7 +11,7 @@
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 
-namespace phimoe {
+namespace phimoe::expert {
 
 class ExpertMetrics {
  public:
@@ -30,4 +30,4 @@ class ExpertMetrics {
   prometheus::Counter& requests_;
 };
 
-}  // namespace phimoe
+}  // namespace phimoe::expert

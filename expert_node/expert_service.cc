@@ -22,7 +22,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/bf16.h"
 
-namespace phimoe {
+namespace phimoe::expert {
 namespace {
 
 static_assert(std::endian::native == std::endian::little, "payloads are little-endian");
@@ -443,4 +443,4 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartExpertServer(ExpertServiceImp
   return server;
 }
 
-}  // namespace phimoe
+}  // namespace phimoe::expert

@@ -25,7 +25,7 @@
 
 #include "expert_node/expert_metrics.h"
 
-namespace phimoe {
+namespace phimoe::expert {
 
 struct ExpertServiceOptions {
   std::string node_name;                 // Info's node_name
@@ -106,4 +106,4 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartExpertServer(ExpertServiceImp
                                                                 const ExpertServerOptions& options,
                                                                 std::string* address);
 
-}  // namespace phimoe
+}  // namespace phimoe::expert

@@ -22,8 +22,9 @@
 #include "expert_node/expert_compute.h"
 #include "expert_node/expert_service.h"
 #include "kernels/backend.h"
+#include "kernels/backend_registry.h"
 
-namespace phimoe {
+namespace phimoe::expert {
 namespace {
 
 constexpr char kProgram[] = "phimoe-expert-node";
@@ -177,6 +178,6 @@ int Main(int argc, char** argv) {
 }
 
 }  // namespace
-}  // namespace phimoe
+}  // namespace phimoe::expert
 
-int main(int argc, char** argv) { return phimoe::Main(argc, argv); }
+int main(int argc, char** argv) { return phimoe::expert::Main(argc, argv); }

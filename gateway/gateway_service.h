@@ -9,7 +9,7 @@
 #include <string>
 
 #include "gateway/gateway.h"
-#include "gateway/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "gateway/validation.h"
 #include "phimoe/v1/inference.grpc.pb.h"
 

@@ -25,7 +25,7 @@
 #include "gateway/gateway_metrics.h"
 #include "gateway/gateway_service.h"
 #include "gateway/http/openai_server.h"
-#include "gateway/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "nlohmann/json.hpp"
 
 #ifndef PHIMOE_VERSION

@@ -15,7 +15,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
-#include "gateway/tokenizer/stream_decoder.h"
+#include "tokenizer/stream_decoder.h"
 
 namespace phimoe::gateway {
 

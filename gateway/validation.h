@@ -9,7 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "gateway/request.h"
-#include "gateway/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "phimoe/v1/inference.pb.h"
 
 namespace phimoe::gateway {

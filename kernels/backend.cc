@@ -1,11 +1,11 @@
-// Backend factory: maps a --device string to a backend.
+// The host-memory defaults of Backend's memory and small ops (the CPU backend's), and ParsePrecision.
+// Backends are created through the registry (backend_registry.h).
 #include "kernels/backend.h"
 
 #include <cstring>
 #include <new>
 
 #include "absl/strings/str_cat.h"
-#include "common/flags.h"
 #include "common/uniform_bf16.h"
 
 namespace phimoe::kernels {
@@ -48,25 +48,10 @@ void Backend::FillUniformBf16(bf16_t* dst, int64_t n, uint64_t key, float mean, 
   for (int64_t i = 0; i < n; ++i) dst[i] = synthetic::UniformBf16(key, static_cast<uint64_t>(i), p);
 }
 
-#ifndef PHIMOE_HAVE_CUDA
-absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int ordinal) {
-  return absl::UnavailableError(
-      "this build has no CUDA backend (configure with -DPHIMOE_WITH_CUDA=ON on a machine with nvcc)");
-}
-#endif
-
 absl::StatusOr<Precision> ParsePrecision(const std::string& text) {
   if (text == "fp32") return Precision::kFp32;
   if (text == "bf16") return Precision::kBf16;
   return absl::InvalidArgumentError(absl::StrCat("--precision must be fp32 or bf16, got \"", text, "\""));
-}
-
-absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const std::string& device, int n_threads,
-                                                       Precision precision) {
-  int ordinal = -1;
-  if (absl::Status s = ParseDevice(device, &ordinal); !s.ok()) return s;
-  if (ordinal < 0) return CreateCpuBackend(n_threads, precision);
-  return CreateCudaBackend(ordinal);
 }
 
 }  // namespace phimoe::kernels

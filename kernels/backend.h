@@ -137,14 +137,13 @@ class Backend {
 enum class Precision { kFp32, kBf16 };
 absl::StatusOr<Precision> ParsePrecision(const std::string& text);  // "fp32" | "bf16"
 
-// The CPU backend (always built). n_threads <= 0: one per core.
+// The CPU backend (always built; the reference every other backend is tested against).
+// n_threads <= 0: one per core.
 std::unique_ptr<Backend> CreateCpuBackend(int n_threads, Precision precision = Precision::kFp32);
 
-// The CUDA backend on device `ordinal`: UNAVAILABLE when not built with CUDA or no device.
+// The CUDA backend on device `ordinal` (defined only in builds with CUDA): UNAVAILABLE when no
+// such device exists. Other code creates backends by --device string through the registry
+// (backend_registry.h), which knows whether this build has it.
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(int ordinal);
-
-// "cpu", "cuda" or "cuda:N".
-absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const std::string& device, int n_threads,
-                                                       Precision precision = Precision::kFp32);
 
 }  // namespace phimoe::kernels

@@ -6,7 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 
-namespace phimoe {
+namespace phimoe::router {
 
 int64_t DispatchPlan::n_assignments() const {
   int64_t n = 0;
@@ -114,4 +114,4 @@ void CombineParts(const DispatchPlan& plan, absl::Span<const float* const> outpu
   }
 }
 
-}  // namespace phimoe
+}  // namespace phimoe::router

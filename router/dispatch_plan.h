@@ -12,7 +12,7 @@
 #include "absl/types/span.h"
 #include "router/placement.h"
 
-namespace phimoe {
+namespace phimoe::router {
 
 // One node's share of a dispatch.
 struct PlanPart {
@@ -57,4 +57,4 @@ void AccumulatePart(const PlanPart& part, const float* part_out, int64_t d_model
 void CombineParts(const DispatchPlan& plan, absl::Span<const float* const> outputs,
                   int64_t n_tokens, int64_t d_model, float* out);
 
-}  // namespace phimoe
+}  // namespace phimoe::router

@@ -6,11 +6,14 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/model_config.h"
 
-namespace phimoe {
+namespace phimoe::router {
 
 // One layer's MoE input for a batch of tokens. Pointers are host memory owned by the caller.
 struct MoeRequest {
@@ -36,4 +39,10 @@ class ExpertDispatcher {
   virtual absl::Status Dispatch(const MoeRequest& request, float* out) = 0;
 };
 
-}  // namespace phimoe
+// Makes the dispatcher for experts served outside this process. Gets the checkpoint's config as
+// read from config.json (all layers, whatever a reduced-depth run uses), since that is the
+// identity expert nodes compare against.
+using ExpertDispatcherFactory =
+    std::function<absl::StatusOr<std::unique_ptr<ExpertDispatcher>>(const ModelConfig&)>;
+
+}  // namespace phimoe::router

@@ -7,7 +7,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 
-namespace phimoe {
+namespace phimoe::router {
 namespace {
 
 // "3", "3-5" or "3,7,9-12" for ascending ids.
@@ -148,4 +148,4 @@ std::string Placement::Unserved() const {
   return DescribePairs(missing);
 }
 
-}  // namespace phimoe
+}  // namespace phimoe::router

@@ -13,7 +13,7 @@
 #include "absl/types/span.h"
 #include "common/model_config.h"
 
-namespace phimoe {
+namespace phimoe::router {
 
 // What an expert node says about itself (ExpertInfoResponse in domain form).
 struct ExpertNodeInfo {
@@ -86,4 +86,4 @@ class Placement {
   std::vector<std::vector<int32_t>> hosts_;  // [layer * n_experts + expert] -> nodes, ascending
 };
 
-}  // namespace phimoe
+}  // namespace phimoe::router

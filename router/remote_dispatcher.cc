@@ -28,7 +28,7 @@
 #include "router/dispatch_plan.h"
 #include "router/placement.h"
 
-namespace phimoe {
+namespace phimoe::router {
 namespace {
 
 namespace pb = ::phimoe::v1;
@@ -810,4 +810,4 @@ DispatchStats RemoteDispatcher::stats() const {
   return s;
 }
 
-}  // namespace phimoe
+}  // namespace phimoe::router

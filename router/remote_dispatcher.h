@@ -20,7 +20,7 @@
 #include "common/model_config.h"
 #include "router/expert_dispatcher.h"
 
-namespace phimoe {
+namespace phimoe::router {
 
 struct RemoteDispatcherOptions {
   std::vector<std::string> expert_nodes;             // host:port, as given to --expert-nodes
@@ -85,4 +85,4 @@ class RemoteDispatcher : public ExpertDispatcher {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace phimoe
+}  // namespace phimoe::router

@@ -5,7 +5,7 @@
 
 #include "absl/strings/str_split.h"
 
-namespace phimoe {
+namespace phimoe::router {
 
 void RemoteExpertFlags::Register(FlagParser& parser, const std::string& nodes_help) {
   parser.AddString("expert-nodes", &expert_nodes, nodes_help);
@@ -44,4 +44,4 @@ absl::StatusOr<ExpertDispatcherFactory> RemoteExpertFlags::Factory() const {
       });
 }
 
-}  // namespace phimoe
+}  // namespace phimoe::router

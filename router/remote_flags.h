@@ -1,17 +1,19 @@
 // The command-line flags that point a tool at expert nodes (--expert-nodes, --dispatch-timeout-ms,
 // --startup-timeout-ms, --bf16-wire), shared by phimoe-attention-node, phimoe-golden and
-// phimoe-bench so they read and check them one way.
+// phimoe-bench so they read and check them one way. They fill RemoteDispatcherOptions and make a
+// router::ExpertDispatcherFactory, nothing more: this file knows neither the engine nor the
+// single-process runtime (the tools hand the factory to runtime::LocalModel themselves).
 #pragma once
 
 #include <cstdint>
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "attention_node/local_model.h"
 #include "common/flags.h"
+#include "router/expert_dispatcher.h"
 #include "router/remote_dispatcher.h"
 
-namespace phimoe {
+namespace phimoe::router {
 
 struct RemoteExpertFlags {
   std::string expert_nodes;  // comma-separated HOST:PORT
@@ -24,8 +26,8 @@ struct RemoteExpertFlags {
   bool enabled() const { return !expert_nodes.empty(); }
   // INVALID_ARGUMENT naming the flag for an empty node list or non-positive timeouts.
   absl::StatusOr<RemoteDispatcherOptions> Options() const;
-  // A LocalModelOptions::remote_experts factory creating a RemoteDispatcher with Options().
+  // A factory (e.g. for runtime::LocalModelOptions::remote_experts) creating a RemoteDispatcher with Options().
   absl::StatusOr<ExpertDispatcherFactory> Factory() const;
 };
 
-}  // namespace phimoe
+}  // namespace phimoe::router

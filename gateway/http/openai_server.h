@@ -19,7 +19,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "gateway/gateway_service.h"
-#include "gateway/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 struct mg_context;
 struct mg_connection;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "common/kv_blocks.h"
 
 namespace phimoe::gateway {
 
@@ -75,9 +76,7 @@ class Scheduler {
     int64_t blocks = 0;    // blocks held on the node
     bool running = false;
   };
-  int64_t BlocksFor(int64_t n_tokens) const {
-    return (n_tokens + config_.block_size - 1) / config_.block_size;
-  }
+  int64_t BlocksFor(int64_t n_tokens) const { return BlocksForTokens(n_tokens, config_.block_size); }
   void Preempt(uint64_t id);
 
   SchedulerConfig config_;

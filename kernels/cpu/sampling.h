@@ -6,14 +6,9 @@
 #include <cstdint>
 #include <vector>
 
-namespace phimoe::kernels::cpu {
+#include "common/sampling_params.h"
 
-struct SamplingParams {
-  float temperature = 0.0f;  // <= 0: greedy (argmax, lowest id on ties)
-  int32_t top_k = 0;         // 0: off
-  float top_p = 1.0f;        // 1: off
-  uint64_t seed = 0;
-};
+namespace phimoe::kernels::cpu {
 
 // A small deterministic generator (splitmix64 stepping).
 class Rng {

@@ -26,7 +26,7 @@
 
 namespace phimoe::kernels::cuda {
 
-// One row's sampling parameters (device array, one per row), as cpu::SamplingParams plus the
+// One row's sampling parameters (device array, one per row), as SamplingParams plus the
 // uniform draw in [0, 1) the CPU would make for this token.
 struct SampleRow {
   float temperature = 0.0f;  // <= 0: greedy

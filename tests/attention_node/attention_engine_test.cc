@@ -8,11 +8,11 @@
 #include <cmath>
 #include <filesystem>
 
-#include "attention_node/local_model.h"
+#include "runtime/local_model.h"
 #include "common/status_matchers.h"
 #include "gtest/gtest.h"
 
-namespace phimoe {
+namespace phimoe::attention {
 namespace {
 
 using ::phimoe::testing::StatusIs;
@@ -26,13 +26,13 @@ class EngineTest : public ::testing::Test {
       GTEST_SKIP() << "shared fixtures not found at " << kTiny << " (set PHIMOE_SHARED_DIR)";
     }
   }
-  std::unique_ptr<LocalModel> Open(int64_t kv_blocks = 64, int64_t block_size = 4) {
-    LocalModelOptions o;
+  std::unique_ptr<runtime::LocalModel> Open(int64_t kv_blocks = 64, int64_t block_size = 4) {
+    runtime::LocalModelOptions o;
     o.model_dir = kTiny;
     o.threads = 2;
     o.engine.kv_blocks = kv_blocks;
     o.engine.block_size = block_size;
-    auto m = LocalModel::Open(o);
+    auto m = runtime::LocalModel::Open(o);
     EXPECT_TRUE(m.ok()) << m.status();
     return m.ok() ? std::move(*m) : nullptr;
   }
@@ -53,7 +53,7 @@ TEST_F(EngineTest, BatchedEqualsAlone) {
   auto model = Open(256);
   std::vector<std::vector<int32_t>> prompts = {Prompt(3, 1), Prompt(11, 2), Prompt(20, 3),
                                                Prompt(40, 4), Prompt(1, 5)};
-  GenerateOptions gen;
+  runtime::GenerateOptions gen;
   gen.max_new_tokens = 16;  // 20 + 16 crosses the fixture's 32-token limit mid-decode
   auto together = model->Generate(prompts, gen);
   ASSERT_TRUE(together.ok()) << together.status();
@@ -68,7 +68,7 @@ TEST_F(EngineTest, BatchedEqualsAlone) {
 TEST_F(EngineTest, ChunkedPrefillEqualsWhole) {
   auto model = Open(256);
   for (int64_t chunk : {1, 5, 16}) {
-    GenerateOptions whole, chunked;
+    runtime::GenerateOptions whole, chunked;
     whole.max_new_tokens = chunked.max_new_tokens = 6;
     chunked.prefill_chunk = chunk;
     for (int len : {9, 24, 37}) {
@@ -170,17 +170,17 @@ TEST_F(EngineTest, BadInput) {
 }
 
 // Fails every dispatch while `fail` is set; otherwise forwards.
-class FlakyDispatcher : public ExpertDispatcher {
+class FlakyDispatcher : public router::ExpertDispatcher {
  public:
-  explicit FlakyDispatcher(ExpertDispatcher* inner) : inner_(inner) {}
-  absl::Status Dispatch(const MoeRequest& r, float* out) override {
+  explicit FlakyDispatcher(router::ExpertDispatcher* inner) : inner_(inner) {}
+  absl::Status Dispatch(const router::MoeRequest& r, float* out) override {
     if (fail) return absl::UnavailableError("expert node lost");
     return inner_->Dispatch(r, out);
   }
   bool fail = false;
 
  private:
-  ExpertDispatcher* inner_;
+  router::ExpertDispatcher* inner_;
 };
 
 TEST_F(EngineTest, DispatcherFailureLeavesEngineUsable) {
@@ -189,10 +189,10 @@ TEST_F(EngineTest, DispatcherFailureLeavesEngineUsable) {
   auto ckpt = Checkpoint::Open(kTiny);
   ASSERT_TRUE(ckpt.ok());
   auto backend = kernels::CreateCpuBackend(1);
-  auto experts = ExpertCompute::Create(*config, **ckpt, ExpertSet(config->n_layers, config->n_experts, true),
+  auto experts = expert::ExpertCompute::Create(*config, **ckpt, expert::ExpertSet(config->n_layers, config->n_experts, true),
                                        backend.get());
   ASSERT_TRUE(experts.ok());
-  LocalDispatcher local(experts->get());
+  runtime::LocalDispatcher local(experts->get());
   FlakyDispatcher flaky(&local);
   EngineOptions opts;
   opts.kv_blocks = 32;
@@ -225,4 +225,4 @@ TEST_F(EngineTest, DispatcherFailureLeavesEngineUsable) {
 }
 
 }  // namespace
-}  // namespace phimoe
+}  // namespace phimoe::attention

@@ -16,11 +16,11 @@
 #include <limits>
 #include <thread>
 
-#include "attention_node/local_model.h"
+#include "runtime/local_model.h"
 #include "gtest/gtest.h"
 #include "phimoe/v1/attention.grpc.pb.h"
 
-namespace phimoe {
+namespace phimoe::attention {
 namespace {
 
 namespace v1 = ::phimoe::v1;
@@ -28,10 +28,10 @@ namespace v1 = ::phimoe::v1;
 const std::string kTiny = std::string(PHIMOE_SHARED_DIR) + "/fixtures/tiny";
 
 // Experts in process, optionally slow or failing.
-class TestDispatcher : public ExpertDispatcher {
+class TestDispatcher : public router::ExpertDispatcher {
  public:
-  explicit TestDispatcher(ExpertDispatcher* inner) : inner_(inner) {}
-  absl::Status Dispatch(const MoeRequest& request, float* out) override {
+  explicit TestDispatcher(router::ExpertDispatcher* inner) : inner_(inner) {}
+  absl::Status Dispatch(const router::MoeRequest& request, float* out) override {
     if (const int ms = delay_ms.load(); ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
     if (fail.load()) return absl::UnavailableError("expert node lost (test)");
     return inner_->Dispatch(request, out);
@@ -40,7 +40,7 @@ class TestDispatcher : public ExpertDispatcher {
   std::atomic<bool> fail{false};
 
  private:
-  ExpertDispatcher* inner_;
+  router::ExpertDispatcher* inner_;
 };
 
 std::vector<int32_t> Prompt(int n, int salt) {
@@ -55,21 +55,21 @@ class AttentionServiceTest : public ::testing::Test {
     if (!std::filesystem::exists(kTiny + "/model.safetensors")) {
       GTEST_SKIP() << "shared fixtures not found at " << kTiny << " (set PHIMOE_SHARED_DIR)";
     }
-    LocalModelOptions o;
+    runtime::LocalModelOptions o;
     o.model_dir = kTiny;
     o.threads = 1;
     o.engine.kv_blocks = 64;
     o.engine.block_size = 4;
-    auto reference = LocalModel::Open(o);
+    auto reference = runtime::LocalModel::Open(o);
     ASSERT_TRUE(reference.ok()) << reference.status();
     reference_ = std::move(*reference);
     experts_ = std::make_unique<TestDispatcher>(&reference_->dispatcher());
-    o.remote_experts = [this](const ModelConfig&) -> absl::StatusOr<std::unique_ptr<ExpertDispatcher>> {
+    o.remote_experts = [this](const ModelConfig&) -> absl::StatusOr<std::unique_ptr<router::ExpertDispatcher>> {
       auto guard = std::make_unique<StepGuardDispatcher>(experts_.get());
       guard_ = guard.get();
-      return std::unique_ptr<ExpertDispatcher>(std::move(guard));
+      return std::unique_ptr<router::ExpertDispatcher>(std::move(guard));
     };
-    auto served = LocalModel::Open(o);
+    auto served = runtime::LocalModel::Open(o);
     ASSERT_TRUE(served.ok()) << served.status();
     served_ = std::move(*served);
     service_ = std::make_unique<AttentionService>(&served_->engine(), guard_);
@@ -89,7 +89,7 @@ class AttentionServiceTest : public ::testing::Test {
 
   // Greedy ids of the single-process model.
   std::vector<int32_t> Expected(const std::vector<int32_t>& prompt, int n) {
-    GenerateOptions gen;
+    runtime::GenerateOptions gen;
     gen.max_new_tokens = n;
     auto out = reference_->Generate({prompt}, gen);
     EXPECT_TRUE(out.ok()) << out.status();
@@ -140,7 +140,7 @@ class AttentionServiceTest : public ::testing::Test {
     return got;
   }
 
-  std::unique_ptr<LocalModel> reference_, served_;
+  std::unique_ptr<runtime::LocalModel> reference_, served_;
   std::unique_ptr<TestDispatcher> experts_;
   StepGuardDispatcher* guard_ = nullptr;
   std::unique_ptr<AttentionService> service_;
@@ -370,4 +370,4 @@ TEST_F(AttentionServiceTest, DrainingFinishesTheRunningStepAndRefusesQueuedOnes)
 }
 
 }  // namespace
-}  // namespace phimoe
+}  // namespace phimoe::attention

@@ -14,13 +14,13 @@
 #include <thread>
 
 #include "absl/strings/str_join.h"
-#include "attention_node/local_model.h"
+#include "runtime/local_model.h"
 #include "gtest/gtest.h"
 #include "phimoe/v1/attention.grpc.pb.h"
 #include "tests/integration/health.h"
 #include "tests/integration/process.h"
 
-namespace phimoe {
+namespace phimoe::attention {
 namespace {
 
 namespace v1 = ::phimoe::v1;
@@ -82,15 +82,15 @@ class MeshTest : public ::testing::Test {
 
   // Greedy ids of the single-process model.
   static std::vector<int32_t> Expected(const std::vector<int32_t>& prompt, int n) {
-    LocalModelOptions o;
+    runtime::LocalModelOptions o;
     o.model_dir = kTiny;
     o.threads = 1;
     o.engine.kv_blocks = 64;
     o.engine.block_size = 4;
-    auto model = LocalModel::Open(o);
+    auto model = runtime::LocalModel::Open(o);
     EXPECT_TRUE(model.ok()) << model.status();
     if (!model.ok()) return {};
-    GenerateOptions gen;
+    runtime::GenerateOptions gen;
     gen.max_new_tokens = n;
     auto out = (*model)->Generate({prompt}, gen);
     EXPECT_TRUE(out.ok()) << out.status();
@@ -284,4 +284,4 @@ TEST_F(MeshTest, ExpertNodeOfAnotherModelIsRefusedAtStartup) {
 }
 
 }  // namespace
-}  // namespace phimoe
+}  // namespace phimoe::attention

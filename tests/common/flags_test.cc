@@ -68,16 +68,7 @@ TEST(FlagsTest, HelpAndPositional) {
   EXPECT_THAT(p.parser.Usage(), HasSubstr("[default: 3]"));
 }
 
-TEST(FlagsTest, DeviceAndIntList) {
-  int ordinal = 7;
-  ASSERT_OK(ParseDevice("cpu", &ordinal));
-  EXPECT_EQ(ordinal, -1);
-  ASSERT_OK(ParseDevice("cuda", &ordinal));
-  EXPECT_EQ(ordinal, 0);
-  ASSERT_OK(ParseDevice("cuda:3", &ordinal));
-  EXPECT_EQ(ordinal, 3);
-  EXPECT_THAT(ParseDevice("gpu", &ordinal), StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_THAT(ParseDevice("cuda:-1", &ordinal), StatusIs(absl::StatusCode::kInvalidArgument));
+TEST(FlagsTest, IntList) {
   std::vector<int64_t> ids;
   ASSERT_OK(ParseIntList("1,2,3", &ids));
   EXPECT_EQ(ids, (std::vector<int64_t>{1, 2, 3}));

@@ -9,7 +9,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/matmul.h"
 
-namespace phimoe {
+namespace phimoe::expert {
 namespace {
 
 using ::phimoe::testing::StatusIs;
@@ -75,4 +75,4 @@ TEST(ExpertComputeTest, SubsetMatchesFullAndRefusesOthers) {
 }
 
 }  // namespace
-}  // namespace phimoe
+}  // namespace phimoe::expert

@@ -24,7 +24,7 @@
 #include "phimoe/v1/expert.grpc.pb.h"
 #include "tests/integration/process.h"
 
-namespace phimoe {
+namespace phimoe::expert {
 namespace {
 
 using ::phimoe::testing::ChildProcess;
@@ -249,4 +249,4 @@ TEST_F(ExpertNodeProcessTest, BadStartupArgumentsExitNonZeroWithMessage) {
 }
 
 }  // namespace
-}  // namespace phimoe
+}  // namespace phimoe::expert

@@ -20,7 +20,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
-namespace phimoe {
+namespace phimoe::expert {
 namespace {
 
 using ::testing::HasSubstr;
@@ -439,4 +439,4 @@ TEST_F(ExpertServiceTest, ClientCancelWithQueuedWork) {
 }
 
 }  // namespace
-}  // namespace phimoe
+}  // namespace phimoe::expert

@@ -433,7 +433,7 @@ TEST_F(CudaBackendTest, SampleMatchesCpu) {
   cpu::Sampler sampler;
   for (int64_t r = 0; r < rows; ++r) {
     const P& p = params[static_cast<size_t>(r)];
-    cpu::SamplingParams sp;
+    SamplingParams sp;
     sp.temperature = p.t;
     sp.top_k = p.k;
     sp.top_p = p.p;

@@ -12,7 +12,7 @@
 #include "gtest/gtest.h"
 #include "router/placement.h"
 
-namespace phimoe {
+namespace phimoe::router {
 namespace {
 
 using ::phimoe::testing::StatusIs;
@@ -316,4 +316,4 @@ TEST(DispatchPlanTest, CombineMatchesDirectMath) {
 }
 
 }  // namespace
-}  // namespace phimoe
+}  // namespace phimoe::router

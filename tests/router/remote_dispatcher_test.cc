@@ -29,10 +29,10 @@
 #include "gtest/gtest.h"
 #include "kernels/backend.h"
 #include "phimoe/v1/expert.grpc.pb.h"
-#include "router/local_dispatcher.h"
+#include "runtime/local_dispatcher.h"
 #include "tests/integration/process.h"
 
-namespace phimoe {
+namespace phimoe::router {
 namespace {
 
 using ::phimoe::testing::ChildProcess;
@@ -254,10 +254,10 @@ class RemoteDispatcherTest : public ::testing::Test {
     ASSERT_OK_AND_ASSIGN(checkpoint_, Checkpoint::Open(kTiny));
     backend_ = kernels::CreateCpuBackend(1);
     ASSERT_OK_AND_ASSIGN(compute_,
-                         ExpertCompute::Create(config_, *checkpoint_,
-                                               ExpertSet(config_.n_layers, config_.n_experts, true),
+                         expert::ExpertCompute::Create(config_, *checkpoint_,
+                                               expert::ExpertSet(config_.n_layers, config_.n_experts, true),
                                                backend_.get()));
-    local_ = std::make_unique<LocalDispatcher>(compute_.get());
+    local_ = std::make_unique<runtime::LocalDispatcher>(compute_.get());
   }
 
   absl::StatusOr<std::unique_ptr<ChildProcess>> StartNode(const std::string& spec,
@@ -322,8 +322,8 @@ class RemoteDispatcherTest : public ::testing::Test {
   ModelConfig config_;
   std::unique_ptr<Checkpoint> checkpoint_;
   std::unique_ptr<kernels::Backend> backend_;
-  std::unique_ptr<ExpertCompute> compute_;
-  std::unique_ptr<LocalDispatcher> local_;
+  std::unique_ptr<expert::ExpertCompute> compute_;
+  std::unique_ptr<runtime::LocalDispatcher> local_;
 };
 
 TEST_F(RemoteDispatcherTest, OneTwoAndThreeNodesMatchLocal) {
@@ -561,4 +561,4 @@ TEST_F(RemoteDispatcherTest, DeadNodeWithoutReplicaThenRestartOnSamePort) {
 }
 
 }  // namespace
-}  // namespace phimoe
+}  // namespace phimoe::router

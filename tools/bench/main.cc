@@ -17,7 +17,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "attention_node/attention_weights.h"
-#include "attention_node/local_model.h"
+#include "runtime/local_model.h"
 #include "common/flags.h"
 #include "common/process_stats.h"
 #include "common/thread_pool.h"
@@ -27,7 +27,7 @@
 #include "tools/make_checkpoint/presets.h"
 #include "tools/make_checkpoint/synthetic_weights.h"
 
-namespace phimoe {
+namespace phimoe::bench {
 namespace {
 
 double Seconds(std::chrono::steady_clock::time_point t0) {
@@ -47,7 +47,7 @@ int LoadOnly(const std::string& model_dir, const std::string& what, bool json) {
     std::fprintf(stderr, "phimoe-bench: %s\n", ckpt.status().ToString().c_str());
     return 1;
   }
-  auto weights = AttentionWeights::Load(*config, **ckpt);
+  auto weights = attention::AttentionWeights::Load(*config, **ckpt);
   if (!weights.ok()) {
     std::fprintf(stderr, "phimoe-bench: %s\n", weights.status().ToString().c_str());
     return 1;
@@ -58,7 +58,7 @@ int LoadOnly(const std::string& model_dir, const std::string& what, bool json) {
   auto touch = [&](const bf16_t* p, int64_t n) {
     for (int64_t i = 0; i < n; i += 2048) sink += p[i];
   };
-  const AttentionWeights& w = **weights;
+  const attention::AttentionWeights& w = **weights;
   for (const auto& l : w.layers) {
     touch(l.q.data, l.q.rows * l.q.cols);
     touch(l.k.data, l.k.rows * l.k.cols);
@@ -170,7 +170,7 @@ int Main(int argc, char** argv) {
   flags.AddBool("bandwidth", &bandwidth, "only measure this machine's streaming-read bandwidth");
   flags.AddString("precision", &precision,
                   "activation precision of matrix products: fp32 (reference) or bf16 (faster)");
-  RemoteExpertFlags remote_flags;
+  router::RemoteExpertFlags remote_flags;
   remote_flags.Register(flags, "comma-separated HOST:PORT of expert nodes serving every expert "
                                "(default: all experts in this process)");
   common.Register(flags);
@@ -186,7 +186,7 @@ int Main(int argc, char** argv) {
   }
   std::optional<ModelConfig> synthetic_config;
   if (random_weights) {
-    auto c = PresetConfig(preset);
+    auto c = make_checkpoint::PresetConfig(preset);
     if (!c.ok()) {
       std::fprintf(stderr, "phimoe-bench: --preset: %s\n", std::string(c.status().message()).c_str());
       return 2;
@@ -205,13 +205,13 @@ int Main(int argc, char** argv) {
     return 2;
   }
   const auto t0 = std::chrono::steady_clock::now();
-  LocalModelOptions opts;
+  runtime::LocalModelOptions opts;
   opts.model_dir = model_dir;
   if (synthetic_config.has_value()) {
     opts.synthetic_config = synthetic_config;
     opts.synthetic_fill = [config = *synthetic_config,
                            seed = static_cast<uint64_t>(weight_seed)](kernels::Backend* backend) {
-      return MakeSyntheticFill(config, seed,
+      return make_checkpoint::MakeSyntheticFill(config, seed,
                                [backend](bf16_t* dst, int64_t n, uint64_t key, float mean,
                                          float std) { backend->FillUniformBf16(dst, n, key, mean, std); });
     };
@@ -235,7 +235,7 @@ int Main(int argc, char** argv) {
     opts.remote_experts = *factory;
     nodes = remote_flags.Options()->expert_nodes;
   }
-  auto model = LocalModel::Open(opts);
+  auto model = runtime::LocalModel::Open(opts);
   if (!model.ok()) {
     std::fprintf(stderr, "phimoe-bench: %s\n", model.status().ToString().c_str());
     return 1;
@@ -245,7 +245,7 @@ int Main(int argc, char** argv) {
   std::vector<std::vector<int32_t>> prompts(static_cast<size_t>(batch));
   for (auto& p : prompts)
     for (int64_t i = 0; i < prompt_len; ++i) p.push_back(static_cast<int32_t>(rng.Next() % 32000));
-  GenerateOptions gen;
+  runtime::GenerateOptions gen;
   gen.max_new_tokens = gen_len;
   gen.prefill_chunk = chunk;
   for (int64_t i = 0; i < warmup; ++i) {
@@ -256,8 +256,8 @@ int Main(int argc, char** argv) {
   }
   // Over the mesh: the dispatcher's figures when the last sequence gets its first token (the end
   // of prefill) and at the end, so that the decode steps' share can be told apart.
-  auto* remote = dynamic_cast<RemoteDispatcher*>(&(*model)->dispatcher());
-  DispatchStats at_decode_start;
+  auto* remote = dynamic_cast<router::RemoteDispatcher*>(&(*model)->dispatcher());
+  router::DispatchStats at_decode_start;
   size_t n_started = 0;
   std::vector<bool> started(prompts.size(), false);
   auto on_token = [&](size_t i, int32_t) {
@@ -265,7 +265,7 @@ int Main(int argc, char** argv) {
     started[i] = true;
     if (++n_started == prompts.size() && remote != nullptr) at_decode_start = remote->stats();
   };
-  GenerateStats stats;
+  runtime::GenerateStats stats;
   auto out = (*model)->Generate(prompts, gen, &stats, on_token);
   if (!out.ok()) {
     std::fprintf(stderr, "phimoe-bench: %s\n", out.status().ToString().c_str());
@@ -273,7 +273,7 @@ int Main(int argc, char** argv) {
   }
   std::string mesh_json, mesh_text;
   if (remote != nullptr) {
-    const DispatchStats end = remote->stats();
+    const router::DispatchStats end = remote->stats();
     const int64_t n_dispatches = end.dispatches - at_decode_start.dispatches;
     const size_t n_samples = std::min(end.round_trip_seconds.size(),
                                       static_cast<size_t>(std::max<int64_t>(0, n_dispatches)));
@@ -339,6 +339,6 @@ int Main(int argc, char** argv) {
 }
 
 }  // namespace
-}  // namespace phimoe
+}  // namespace phimoe::bench
 
-int main(int argc, char** argv) { return phimoe::Main(argc, argv); }
+int main(int argc, char** argv) { return phimoe::bench::Main(argc, argv); }

@@ -18,12 +18,12 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
-#include "attention_node/local_model.h"
+#include "runtime/local_model.h"
 #include "common/flags.h"
 #include "common/safetensors.h"
 #include "router/remote_flags.h"
 
-namespace phimoe {
+namespace phimoe::golden {
 namespace {
 
 // Tolerances of fixtures/README.md for an fp32-math path.
@@ -32,7 +32,7 @@ constexpr double kHiddenTol = 1e-4;
 constexpr double kRouterLogitsTol = 1e-4;
 constexpr double kWeightTol = 1e-5;
 
-class Recorder : public ForwardObserver {
+class Recorder : public attention::ForwardObserver {
  public:
   explicit Recorder(bool all) : all_(all) {}
   bool WantAllLogits() const override { return all_; }
@@ -105,7 +105,7 @@ bool IsInt(const TensorView& v) {
 // at most 1.5× that of the reference's own bf16 run (C.bf16_logits_last); the rest is reported.
 constexpr double kBf16Slack = 1.5;
 
-void RunCase(LocalModel& model, const SafetensorsFile& golden, const std::string& c, Tally& tally,
+void RunCase(runtime::LocalModel& model, const SafetensorsFile& golden, const std::string& c, Tally& tally,
              uint64_t& next_id, bool bf16) {
   Tally info;  // what a bf16 run reports without gating
   info.gating = false;
@@ -130,9 +130,9 @@ void RunCase(LocalModel& model, const SafetensorsFile& golden, const std::string
 
   // Full prefill with every intermediate recorded.
   Recorder rec(/*all=*/true);
-  AttentionEngine& engine = model.engine();
+  attention::AttentionEngine& engine = model.engine();
   const uint64_t id = next_id++;
-  kernels::cpu::SamplingParams greedy;
+  SamplingParams greedy;
   if (absl::Status s = engine.AddSequence(id, prompt, greedy); !s.ok()) {
     tally.Report(false, absl::StrCat(c, " prefill: ", s.ToString()));
     return;
@@ -304,7 +304,7 @@ int Main(int argc, char** argv) {
   flags.AddString("precision", &precision,
                   "fp32 (every check gated) or bf16 (last-position logits gated at 1.5x the reference's "
                   "bf16 error; the rest reported)");
-  RemoteExpertFlags remote_flags;
+  router::RemoteExpertFlags remote_flags;
   remote_flags.Register(flags, "comma-separated HOST:PORT of expert nodes serving every expert "
                                "(default: all experts in this process); --bf16-wire is not exact, "
                                "so fp32 checks may fail with it");
@@ -319,7 +319,7 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "phimoe-golden: --model and --golden are required (see --help)\n");
     return 2;
   }
-  LocalModelOptions opts;
+  runtime::LocalModelOptions opts;
   opts.model_dir = model_dir;
   opts.device = common.device;
   opts.threads = static_cast<int>(common.threads);
@@ -335,7 +335,7 @@ int Main(int argc, char** argv) {
   }
   const std::string& expert_nodes = remote_flags.expert_nodes;
   const bool bf16 = *prec == kernels::Precision::kBf16;
-  auto model = LocalModel::Open(opts);
+  auto model = runtime::LocalModel::Open(opts);
   if (!model.ok()) {
     std::fprintf(stderr, "phimoe-golden: %s\n", model.status().ToString().c_str());
     return 1;
@@ -361,6 +361,6 @@ int Main(int argc, char** argv) {
 }
 
 }  // namespace
-}  // namespace phimoe
+}  // namespace phimoe::golden
 
-int main(int argc, char** argv) { return phimoe::Main(argc, argv); }
+int main(int argc, char** argv) { return phimoe::golden::Main(argc, argv); }

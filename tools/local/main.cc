@@ -16,7 +16,7 @@
 #include "common/model_config.h"
 #include "tools/local/mesh_launcher.h"
 
-namespace phimoe {
+namespace phimoe::local {
 namespace {
 
 constexpr char kProgram[] = "phimoe-local";
@@ -148,6 +148,6 @@ int Main(int argc, char** argv) {
 }
 
 }  // namespace
-}  // namespace phimoe
+}  // namespace phimoe::local
 
-int main(int argc, char** argv) { return phimoe::Main(argc, argv); }
+int main(int argc, char** argv) { return phimoe::local::Main(argc, argv); }

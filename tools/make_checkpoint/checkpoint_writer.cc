@@ -21,7 +21,7 @@
 #include "common/safetensors.h"
 #include "common/status.h"
 
-namespace phimoe {
+namespace phimoe::make_checkpoint {
 namespace {
 
 static_assert(std::endian::native == std::endian::little, "safetensors data is little-endian");
@@ -259,4 +259,4 @@ absl::StatusOr<WriteStats> WriteSyntheticCheckpoint(const ModelConfig& config,
   return stats;
 }
 
-}  // namespace phimoe
+}  // namespace phimoe::make_checkpoint

@@ -13,7 +13,7 @@
 #include "common/model_config.h"
 #include "tools/make_checkpoint/synthetic_weights.h"
 
-namespace phimoe {
+namespace phimoe::make_checkpoint {
 
 struct WriteOptions {
   std::string out_dir;
@@ -48,4 +48,4 @@ std::vector<ShardPlan> PlanShards(const std::vector<SyntheticTensor>& tensors,
 absl::StatusOr<WriteStats> WriteSyntheticCheckpoint(const ModelConfig& config,
                                                     const WriteOptions& options);
 
-}  // namespace phimoe
+}  // namespace phimoe::make_checkpoint

@@ -9,6 +9,7 @@
 #include "absl/strings/str_join.h"
 #include "common/flags.h"
 #include "common/model_config.h"
+#include "kernels/backend_registry.h"
 #include "tools/make_checkpoint/checkpoint_writer.h"
 #include "tools/make_checkpoint/presets.h"
 
@@ -23,6 +24,7 @@ int Fail(const absl::Status& status) {
 
 int main(int argc, char** argv) {
   using namespace phimoe;
+  using namespace phimoe::make_checkpoint;
   std::string preset, config_path, out;
   int64_t seed = 0, layers = 0, max_shard_bytes = 5'000'000'000;
   bool force = false, quiet = false;
@@ -48,8 +50,9 @@ int main(int argc, char** argv) {
   CommonFlags common;
   common.Register(flags);
   flags.ParseOrExit(argc, argv);
-  int cuda_ordinal = -1;
-  if (absl::Status s = ParseDevice(common.device, &cuda_ordinal); !s.ok()) return Fail(s);
+  if (absl::StatusOr<kernels::DeviceSpec> d = kernels::ParseDevice(common.device); !d.ok()) {
+    return Fail(d.status());
+  }
 
   if (preset.empty() == config_path.empty()) {
     return Fail(absl::InvalidArgumentError("give exactly one of --preset and --config"));

@@ -5,7 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
-namespace phimoe {
+namespace phimoe::make_checkpoint {
 namespace {
 
 // The tiny fixture's factors (fixtures/tiny/config.json).
@@ -226,4 +226,4 @@ absl::StatusOr<ModelConfig> PresetConfig(const std::string& name) {
   return c;
 }
 
-}  // namespace phimoe
+}  // namespace phimoe::make_checkpoint

@@ -9,10 +9,10 @@
 #include "absl/status/statusor.h"
 #include "common/model_config.h"
 
-namespace phimoe {
+namespace phimoe::make_checkpoint {
 
 // INVALID_ARGUMENT naming the preset and the valid names when `name` is unknown.
 absl::StatusOr<ModelConfig> PresetConfig(const std::string& name);
 std::vector<std::string> PresetNames();
 
-}  // namespace phimoe
+}  // namespace phimoe::make_checkpoint

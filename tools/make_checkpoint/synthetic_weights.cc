@@ -13,7 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/uniform_bf16.h"
 
-namespace phimoe {
+namespace phimoe::make_checkpoint {
 namespace {
 
 using synthetic::kGolden;
@@ -96,4 +96,4 @@ void FillBf16(const SyntheticTensor& tensor, uint64_t key, uint64_t first, size_
   for (size_t i = 0; i < n; ++i) out[i] = synthetic::UniformBf16(key, first + i, p);
 }
 
-}  // namespace phimoe
+}  // namespace phimoe::make_checkpoint

@@ -13,7 +13,7 @@
 #include "common/model_config.h"
 #include "common/weights.h"
 
-namespace phimoe {
+namespace phimoe::make_checkpoint {
 
 struct SyntheticTensor {
   std::string name;
@@ -41,4 +41,4 @@ using UniformFill = std::function<void(bf16_t* dst, int64_t n, uint64_t key, flo
 // `fill`: what phimoe-make-checkpoint --seed writes, made where the model runs instead.
 SyntheticFill MakeSyntheticFill(const ModelConfig& config, uint64_t seed, UniformFill fill);
 
-}  // namespace phimoe
+}  // namespace phimoe::make_checkpoint

@@ -7,11 +7,11 @@
 #include <vector>
 
 #include "absl/strings/str_join.h"
-#include "attention_node/local_model.h"
+#include "runtime/local_model.h"
 #include "common/flags.h"
-#include "gateway/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
-namespace phimoe {
+namespace phimoe::run {
 namespace {
 
 int Main(int argc, char** argv) {
@@ -89,7 +89,7 @@ int Main(int argc, char** argv) {
   }
 
   const auto t0 = std::chrono::steady_clock::now();
-  LocalModelOptions opts;
+  runtime::LocalModelOptions opts;
   opts.model_dir = model_dir;
   opts.device = common.device;
   opts.threads = static_cast<int>(common.threads);
@@ -101,13 +101,13 @@ int Main(int argc, char** argv) {
   }
   opts.engine.kv_blocks = kv_blocks;
   if (tok) opts.engine.n_valid_tokens = static_cast<int64_t>(tok->vocab_size());
-  auto model = LocalModel::Open(opts);
+  auto model = runtime::LocalModel::Open(opts);
   if (!model.ok()) {
     std::fprintf(stderr, "phimoe-run: %s\n", model.status().ToString().c_str());
     return 1;
   }
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  GenerateOptions gen;
+  runtime::GenerateOptions gen;
   gen.max_new_tokens = max_tokens;
   gen.sampling.temperature = static_cast<float>(temperature);
   gen.sampling.top_k = static_cast<int32_t>(top_k);
@@ -117,7 +117,7 @@ int Main(int argc, char** argv) {
     gen.stop_ids = {32000, 32001, 32007};
     if (tok) gen.stop_ids = tok->stop_token_ids();
   }
-  GenerateStats stats;
+  runtime::GenerateStats stats;
   if (!json) std::printf("generated:");
   auto out = (*model)->Generate({prompt}, gen, &stats, [&](size_t, int32_t id) {
     if (!json) {
@@ -164,6 +164,6 @@ int Main(int argc, char** argv) {
 }
 
 }  // namespace
-}  // namespace phimoe
+}  // namespace phimoe::run
 
-int main(int argc, char** argv) { return phimoe::Main(argc, argv); }
+int main(int argc, char** argv) { return phimoe::run::Main(argc, argv); }

@@ -5,7 +5,7 @@
 // code is 1 if any line failed (DESIGN §6).
 // --bench FILE measures encode throughput instead (bench/tokenizer/run.sh compares it with Hugging
 // Face tokenizers): the whole file as one text, then each line as its own text.
-// Flags and wiring only; the work is in gateway/tokenizer/.
+// Flags and wiring only; the work is in tokenizer/.
 #include <algorithm>
 #include <chrono>
 #include <climits>
@@ -17,7 +17,7 @@
 #include "absl/status/statusor.h"
 #include "common/flags.h"
 #include "common/status.h"
-#include "gateway/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 #include "nlohmann/json.hpp"
 
 namespace {
