@@ -5,6 +5,8 @@
 
 #include <chrono>
 #include <cmath>
+#include <map>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -59,6 +61,29 @@ absl::Status CheckTokens(const google::protobuf::RepeatedField<int32_t>& ids, co
   }
   return absl::OkStatus();
 }
+
+// The one validation of an AddSequenceRequest (the AddSequence RPC and Step's admit): sampling
+// values and prompt tokens, against the model alone. Whether the id is free is the engine's to say
+// (ALREADY_EXISTS), on the worker.
+absl::Status ValidateAddSequence(const phimoe::v1::AddSequenceRequest& request,
+                                 const AttentionEngine& engine, SamplingParams* out) {
+  if (absl::Status s = ToSampling(request.sampling(), out); !s.ok()) return s;
+  return CheckTokens(request.prompt(), "prompt", engine.config().vocab_size,
+                     engine.options().max_seq_len);
+}
+
+// Admission refusals that are the sequence's own fault: reported per sequence by Step, not failing
+// the other sequences of the call.
+bool IsSequenceFault(absl::StatusCode code) {
+  return code == absl::StatusCode::kInvalidArgument || code == absl::StatusCode::kAlreadyExists;
+}
+
+// One entry of StepRequest.admit: validated in the reactor, registered on the worker.
+struct Admission {
+  const phimoe::v1::AddSequenceRequest* request = nullptr;
+  SamplingParams sampling;
+  absl::Status status;  // a refusal (prefixed with the entry's position)
+};
 
 }  // namespace
 
@@ -203,23 +228,29 @@ grpc::ServerUnaryReactor* AttentionService::AddSequence(grpc::CallbackServerCont
                                                         const phimoe::v1::AddSequenceRequest* request,
                                                         phimoe::v1::AddSequenceResponse* response) {
   SamplingParams sampling;
-  absl::Status invalid = ToSampling(request->sampling(), &sampling);
-  if (invalid.ok()) {
-    invalid = CheckTokens(request->prompt(), "prompt", engine_->config().vocab_size,
-                          engine_->options().max_seq_len);
-  }
-  if (!invalid.ok()) {
+  if (absl::Status invalid = ValidateAddSequence(*request, *engine_, &sampling); !invalid.ok()) {
     grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
     reactor->Finish(ToGrpcStatus(invalid));
     return reactor;
   }
   return Enqueue(context, [this, request, sampling]() -> absl::Status {
-    const auto& p = request->prompt();
-    absl::Status s = engine_->AddSequence(request->sequence_id(),
-                                          absl::Span<const int32_t>(p.data(), p.size()), sampling);
-    if (s.ok()) ++running_;
-    return s;
+    return AddToEngine(*request, sampling);
   });
+}
+
+absl::Status AttentionService::AddToEngine(const phimoe::v1::AddSequenceRequest& request,
+                                           const SamplingParams& sampling) {
+  const auto& p = request.prompt();
+  absl::Status s = engine_->AddSequence(request.sequence_id(),
+                                        absl::Span<const int32_t>(p.data(), p.size()), sampling);
+  if (s.ok()) ++running_;
+  return s;
+}
+
+void AttentionService::ReleaseFromEngine(const std::vector<uint64_t>& ids) {
+  for (uint64_t id : ids) {
+    if (engine_->HasSequence(id) && engine_->Release(id).ok()) --running_;
+  }
 }
 
 grpc::ServerUnaryReactor* AttentionService::ExtendSequence(
@@ -249,6 +280,28 @@ grpc::ServerUnaryReactor* AttentionService::Step(grpc::CallbackServerContext* co
     invalid = absl::InvalidArgumentError(absl::StrCat("items has ", request->items_size(),
                                                       " entries, over the limit of ",
                                                       options_.max_step_items));
+  } else if (request->admit_size() > options_.max_step_items) {
+    invalid = absl::InvalidArgumentError(absl::StrCat("admit has ", request->admit_size(),
+                                                      " entries, over the limit of ",
+                                                      options_.max_step_items));
+  }
+  // Admissions are validated here, as AddSequence's are; a refusal belongs to its sequence and is
+  // reported in its StepResult. An id repeated within admit is the caller's bug: the whole call.
+  std::vector<Admission> admissions(static_cast<size_t>(invalid.ok() ? request->admit_size() : 0));
+  std::map<uint64_t, int> admit_index;
+  for (int i = 0; invalid.ok() && i < request->admit_size(); ++i) {
+    const phimoe::v1::AddSequenceRequest& add = request->admit(i);
+    if (auto [it, fresh] = admit_index.emplace(add.sequence_id(), i); !fresh) {
+      invalid = absl::InvalidArgumentError(absl::StrCat("admit[", i, "].sequence_id ",
+                                                        add.sequence_id(), " repeats admit[",
+                                                        it->second, "]"));
+      break;
+    }
+    Admission& a = admissions[static_cast<size_t>(i)];
+    a.request = &add;
+    if (absl::Status s = ValidateAddSequence(add, *engine_, &a.sampling); !s.ok()) {
+      a.status = absl::Status(s.code(), absl::StrCat("admit[", i, "].", s.message()));
+    }
   }
   std::vector<AttentionEngine::StepItem> items;
   items.reserve(static_cast<size_t>(request->items_size()));
@@ -265,14 +318,43 @@ grpc::ServerUnaryReactor* AttentionService::Step(grpc::CallbackServerContext* co
     reactor->Finish(ToGrpcStatus(invalid));
     return reactor;
   }
-  return Enqueue(context, [this, context, response, items = std::move(items)]() -> absl::Status {
+  return Enqueue(context, [this, context, response, items = std::move(items),
+                           admissions = std::move(admissions)]() mutable -> absl::Status {
     const auto t0 = Clock::now();
-    guard_->Arm([this, context] { return StillWanted(context); },
-                absl::FromChrono(context->deadline()), [context] { return context->IsCancelled(); });
-    absl::StatusOr<std::vector<AttentionEngine::StepOutput>> out = engine_->Step(items);
-    guard_->Disarm();
-    if (!out.ok()) return out.status();
-    for (const AttentionEngine::StepOutput& o : *out) {
+    // Admissions first. Those registered are released again if the call fails as a whole, so that
+    // a failed Step leaves nothing new behind; those refused for their own fault sit this step out.
+    std::vector<uint64_t> admitted;
+    std::set<uint64_t> refused;
+    for (Admission& a : admissions) {
+      if (a.status.ok()) a.status = AddToEngine(*a.request, a.sampling);
+      if (a.status.ok()) {
+        admitted.push_back(a.request->sequence_id());
+      } else if (IsSequenceFault(a.status.code())) {
+        refused.insert(a.request->sequence_id());
+      } else {
+        ReleaseFromEngine(admitted);
+        return a.status;
+      }
+    }
+    std::vector<AttentionEngine::StepItem> run;
+    run.reserve(items.size());
+    for (const AttentionEngine::StepItem& item : items) {
+      if (refused.count(item.id) == 0) run.push_back(item);
+    }
+    std::vector<AttentionEngine::StepOutput> outputs;
+    if (!run.empty()) {
+      guard_->Arm([this, context] { return StillWanted(context); },
+                  absl::FromChrono(context->deadline()),
+                  [context] { return context->IsCancelled(); });
+      absl::StatusOr<std::vector<AttentionEngine::StepOutput>> out = engine_->Step(run);
+      guard_->Disarm();
+      if (!out.ok()) {
+        ReleaseFromEngine(admitted);
+        return out.status();
+      }
+      outputs = std::move(*out);
+    }
+    for (const AttentionEngine::StepOutput& o : outputs) {
       phimoe::v1::StepResult* r = response->add_results();
       r->set_sequence_id(o.id);
       r->set_processed(o.processed);
@@ -283,12 +365,19 @@ grpc::ServerUnaryReactor* AttentionService::Step(grpc::CallbackServerContext* co
         r->set_logprob(o.logprob);
       }
     }
+    for (const Admission& a : admissions) {
+      if (a.status.ok()) continue;
+      phimoe::v1::StepResult* r = response->add_results();
+      r->set_sequence_id(a.request->sequence_id());
+      r->set_error_code(static_cast<int32_t>(a.status.code()));
+      r->set_error_message(std::string(a.status.message()));
+    }
     response->set_step_ns(NanosSince(t0));
-    response->set_dispatch_ns(guard_->dispatch_ns());
+    response->set_dispatch_ns(run.empty() ? 0 : guard_->dispatch_ns());
     response->set_free_blocks(engine_->free_blocks());
-    if (options_.metrics != nullptr) {
+    if (options_.metrics != nullptr && !run.empty()) {
       int64_t processed = 0, recomputed = 0;
-      for (const AttentionEngine::StepOutput& o : *out) {
+      for (const AttentionEngine::StepOutput& o : outputs) {
         processed += o.processed;
         recomputed += o.recomputed;
       }
@@ -303,10 +392,8 @@ grpc::ServerUnaryReactor* AttentionService::Release(grpc::CallbackServerContext*
                                                     const phimoe::v1::ReleaseRequest* request,
                                                     phimoe::v1::ReleaseResponse* response) {
   return Enqueue(context, [this, request, response]() -> absl::Status {
-    for (uint64_t id : request->sequence_ids()) {
-      // Unknown ids are ignored: release is idempotent.
-      if (engine_->HasSequence(id) && engine_->Release(id).ok()) --running_;
-    }
+    // Unknown ids are ignored: release is idempotent.
+    ReleaseFromEngine({request->sequence_ids().begin(), request->sequence_ids().end()});
     response->set_free_blocks(engine_->free_blocks());
     return absl::OkStatus();
   });

@@ -3,7 +3,8 @@
 // The engine is single-threaded and a Step blocks on expert nodes, so every engine call runs, in
 // arrival order, on one worker thread; reactors only enqueue and return. Capacity is answered at
 // once from a snapshot the worker refreshes after each call. A Step whose RPC is cancelled or runs
-// out of time stops at its next layer boundary (the engine rolls back the step's positions).
+// out of time stops at its next layer boundary (the engine rolls back the step's positions); a
+// Step that fails releases the sequences its `admit` registered, so it leaves nothing new behind.
 #pragma once
 
 #include <atomic>
@@ -105,6 +106,11 @@ class AttentionService final : public phimoe::v1::AttentionService::CallbackServ
                                     std::function<absl::Status()> run);
   void WorkerLoop();
   void RefreshSnapshot();  // worker only
+  // Registers a validated sequence with the engine (AddSequence, Step's admit). Worker only.
+  absl::Status AddToEngine(const phimoe::v1::AddSequenceRequest& request,
+                           const SamplingParams& sampling);
+  // Releases the sequences the engine has; unknown ids are ignored. Worker only.
+  void ReleaseFromEngine(const std::vector<uint64_t>& ids);
   // OK while the RPC still wants its answer; CANCELLED / DEADLINE_EXCEEDED / UNAVAILABLE otherwise.
   absl::Status StillWanted(grpc::CallbackServerContext* context) const;
 

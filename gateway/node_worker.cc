@@ -7,7 +7,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "common/grpc_status.h"
 
 namespace phimoe::gateway {
 namespace {
@@ -28,12 +27,16 @@ uint64_t RandomIdBase() {
 
 NodeWorker::NodeWorker(NodeOptions options, std::atomic<int64_t>* queued,
                        GatewayObserver* observer)
-    : options_(std::move(options)), queued_(queued), observer_(observer), next_id_(RandomIdBase()) {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(64 << 20);
-  args.SetMaxSendMessageSize(64 << 20);
-  channel_ = grpc::CreateCustomChannel(options_.address, grpc::InsecureChannelCredentials(), args);
-  stub_ = phimoe::v1::AttentionService::NewStub(channel_);
+    : NodeWorker(options, std::make_unique<GrpcAttentionNodeClient>(options.address), queued,
+                 observer) {}
+
+NodeWorker::NodeWorker(NodeOptions options, std::unique_ptr<AttentionNodeClient> client,
+                       std::atomic<int64_t>* queued, GatewayObserver* observer)
+    : options_(std::move(options)),
+      queued_(queued),
+      observer_(observer),
+      client_(std::move(client)),
+      next_id_(RandomIdBase()) {
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -79,12 +82,6 @@ void NodeWorker::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-std::unique_ptr<grpc::ClientContext> NodeWorker::Context(absl::Duration timeout) const {
-  auto context = std::make_unique<grpc::ClientContext>();
-  context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
-  return context;
-}
-
 void NodeWorker::WaitForWork(absl::Duration at_most) {
   std::unique_lock<std::mutex> lock(mu_);
   const auto until = absl::ToChronoTime(absl::Now() + at_most);
@@ -94,10 +91,10 @@ void NodeWorker::WaitForWork(absl::Duration at_most) {
 }
 
 bool NodeWorker::Probe() {
-  phimoe::v1::CapacityRequest request;
-  phimoe::v1::CapacityResponse response;
-  grpc::Status s = stub_->Capacity(Context(absl::Seconds(2)).get(), request, &response);
-  if (!s.ok()) return false;
+  absl::StatusOr<phimoe::v1::CapacityResponse> capacity =
+      client_->Capacity(phimoe::v1::CapacityRequest(), absl::Now() + absl::Seconds(2));
+  if (!capacity.ok()) return false;
+  const phimoe::v1::CapacityResponse& response = *capacity;
   if (options_.expected_config_hash != 0 &&
       response.model().config_hash() != options_.expected_config_hash) {
     std::fprintf(stderr,
@@ -239,10 +236,10 @@ absl::Status NodeWorker::ReleaseOnNode(const std::vector<uint64_t>& ids) {
   if (ids.empty()) return absl::OkStatus();
   phimoe::v1::ReleaseRequest request;
   for (uint64_t id : ids) request.add_sequence_ids(id);
-  phimoe::v1::ReleaseResponse response;
-  grpc::Status s = stub_->Release(Context(absl::Seconds(10)).get(), request, &response);
-  if (!s.ok()) return FromGrpcStatus(s);
-  free_blocks_ = response.free_blocks();
+  absl::StatusOr<phimoe::v1::ReleaseResponse> response =
+      client_->Release(request, absl::Now() + absl::Seconds(10));
+  if (!response.ok()) return response.status();
+  free_blocks_ = response->free_blocks();
   return absl::OkStatus();
 }
 
@@ -303,42 +300,28 @@ bool NodeWorker::RunIteration() {
   for (uint64_t id : plan.cannot_fit) FinishRequest(id, FinishReason::kLength, absl::OkStatus());
   if (!FlushReleases(std::move(release))) return true;
 
-  // Admissions: the node gets every known token (prompt, and after a preemption the generated
-  // ones too); this step computes the first chunk.
+  // Admissions travel inside the Step (one round trip per step): each scheduled sequence the node
+  // does not hold gets every known token (prompt, and after a preemption the generated ones too);
+  // this step computes its first chunk. Besides the scheduler's admissions (item.admit) that
+  // covers a sequence admitted by a step that failed: the node released it again.
   const absl::Time now = absl::Now();
   phimoe::v1::StepRequest step;
+  std::vector<uint64_t> admitting;
   absl::Time latest_deadline = absl::InfinitePast();
   for (const ScheduledItem& item : plan.items) {
     auto it = active_.find(item.id);
     if (it == active_.end()) continue;
     Active& a = it->second;
     const GenerationSpec& spec = a.request->spec();
-    if (item.admit) {
-      phimoe::v1::AddSequenceRequest add;
-      add.set_sequence_id(item.id);
-      for (int32_t t : a.request->AllTokens()) add.add_prompt(t);
-      add.mutable_sampling()->set_temperature(spec.temperature);
-      add.mutable_sampling()->set_top_k(spec.top_k);
-      add.mutable_sampling()->set_top_p(spec.top_p);
-      add.mutable_sampling()->set_seed(spec.seed);
-      phimoe::v1::AddSequenceResponse added;
-      grpc::Status gs = stub_->AddSequence(Context(absl::Seconds(30)).get(), add, &added);
-      if (!gs.ok()) {
-        absl::Status s = FromGrpcStatus(gs);
-        if (IsNodeTrouble(s.code())) {
-          FailAll(s);
-          return true;
-        }
-        FinishRequest(item.id, FinishReason::kError, s);  // this request's own fault
-        continue;
-      }
-      a.on_node = true;
-      if (!a.admitted_once) {
-        a.admitted_once = true;
-        queued_->fetch_sub(1);
-        a.request->times().first_scheduled = now;
-        if (observer_ != nullptr) observer_->OnAdmitted(now - a.request->times().arrival);
-      }
+    if (item.admit || !a.on_node) {
+      phimoe::v1::AddSequenceRequest* add = step.add_admit();
+      add->set_sequence_id(item.id);
+      for (int32_t t : a.request->AllTokens()) add->add_prompt(t);
+      add->mutable_sampling()->set_temperature(spec.temperature);
+      add->mutable_sampling()->set_top_k(spec.top_k);
+      add->mutable_sampling()->set_top_p(spec.top_p);
+      add->mutable_sampling()->set_seed(spec.seed);
+      admitting.push_back(item.id);
     }
     phimoe::v1::StepItem* si = step.add_items();
     si->set_sequence_id(item.id);
@@ -351,28 +334,27 @@ bool NodeWorker::RunIteration() {
     if (plan.items.empty()) {
       // Requests wait but none fits the node's free blocks (another client of the node holds
       // them): look again shortly, or when something happens.
-      phimoe::v1::CapacityResponse cap;
-      if (stub_->Capacity(Context(absl::Seconds(2)).get(), phimoe::v1::CapacityRequest(), &cap)
-              .ok()) {
-        free_blocks_ = cap.free_blocks();
-      }
+      absl::StatusOr<phimoe::v1::CapacityResponse> cap =
+          client_->Capacity(phimoe::v1::CapacityRequest(), absl::Now() + absl::Seconds(2));
+      if (cap.ok()) free_blocks_ = cap->free_blocks();
       WaitForWork(absl::Milliseconds(50));
     }
     return true;
   }
 
   const absl::Time step_deadline = std::min(now + options_.step_timeout, latest_deadline);
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(step_deadline));
-  phimoe::v1::StepResponse response;
-  const absl::Status s = FromGrpcStatus(stub_->Step(&context, step, &response));
-  if (s.ok()) {
+  absl::StatusOr<phimoe::v1::StepResponse> response = client_->Step(step, step_deadline);
+  if (response.ok()) {
     failing_since_ = absl::InfiniteFuture();
-    free_blocks_ = response.free_blocks();
-    ApplyStep(response);
+    free_blocks_ = response->free_blocks();
+    ApplyAdmissions(*response, admitting, now);
+    ApplyStep(*response);
     FlushReleases();
     return true;
   }
+  // A failed Step leaves none of its admissions on the node (attention.proto); they stay off the
+  // node here and are admitted again by a later step.
+  const absl::Status s = response.status();
   if (s.code() == absl::StatusCode::kResourceExhausted) {
     // The node has fewer free blocks than we thought: start over from its real state.
     std::vector<uint64_t> ids = scheduler_->PreemptAll();
@@ -382,9 +364,10 @@ bool NodeWorker::RunIteration() {
     return true;
   }
   // Is the node itself there? (An unreachable expert is UNAVAILABLE from a reachable node.)
-  phimoe::v1::CapacityResponse cap;
-  if (!stub_->Capacity(Context(absl::Seconds(2)).get(), phimoe::v1::CapacityRequest(), &cap).ok()) {
-    std::vector<uint64_t> on_node;
+  if (!client_->Capacity(phimoe::v1::CapacityRequest(), absl::Now() + absl::Seconds(2)).ok()) {
+    // The step may have run with only its answer lost: this step's admissions are released with
+    // the rest when the node is back.
+    std::vector<uint64_t> on_node = admitting;
     for (auto& [id, a] : active_) {
       if (a.on_node) on_node.push_back(id);
     }
@@ -400,6 +383,11 @@ bool NodeWorker::RunIteration() {
     std::vector<uint64_t> ids = scheduler_->PreemptAll();
     for (uint64_t id : ids) active_[id].on_node = false;
     (void)ReleaseOnNode(ids);
+  } else if (!admitting.empty()) {
+    // Retried below. Should the node have run the step with only its answer lost (a deadline met
+    // just too late), the readmission would be refused as ALREADY_EXISTS: release first (release
+    // is idempotent).
+    if (!FlushReleases(admitting)) return true;
   }
   if (failing_since_ == absl::InfiniteFuture()) failing_since_ = absl::Now();
   if (absl::Now() - failing_since_ > options_.retry_budget) {
@@ -418,6 +406,32 @@ bool NodeWorker::RunIteration() {
   return true;
 }
 
+void NodeWorker::ApplyAdmissions(const phimoe::v1::StepResponse& response,
+                                 const std::vector<uint64_t>& admitting, absl::Time sent) {
+  std::vector<uint64_t> refused;
+  for (const phimoe::v1::StepResult& r : response.results()) {
+    if (r.error_code() == 0) continue;
+    // The sequence's own fault (a bad token, an id the node already has): not on the node (an
+    // ALREADY_EXISTS id is not ours to release), the request ends with the node's error.
+    refused.push_back(r.sequence_id());
+    FinishRequest(r.sequence_id(), FinishReason::kError,
+                  absl::Status(static_cast<absl::StatusCode>(r.error_code()), r.error_message()));
+  }
+  for (uint64_t id : admitting) {
+    if (std::find(refused.begin(), refused.end(), id) != refused.end()) continue;
+    auto it = active_.find(id);
+    if (it == active_.end()) continue;
+    Active& a = it->second;
+    a.on_node = true;
+    if (!a.admitted_once) {
+      a.admitted_once = true;
+      queued_->fetch_sub(1);
+      a.request->times().first_scheduled = sent;
+      if (observer_ != nullptr) observer_->OnAdmitted(sent - a.request->times().arrival);
+    }
+  }
+}
+
 void NodeWorker::ApplyStep(const phimoe::v1::StepResponse& response) {
   const absl::Time now = absl::Now();
   int64_t max_seq_len = 0;
@@ -426,6 +440,7 @@ void NodeWorker::ApplyStep(const phimoe::v1::StepResponse& response) {
     max_seq_len = info_.max_seq_len;
   }
   for (const phimoe::v1::StepResult& r : response.results()) {
+    if (r.error_code() != 0) continue;  // a refused admission (ApplyAdmissions)
     auto it = active_.find(r.sequence_id());
     if (it == active_.end()) continue;
     scheduler_->OnStepResult(r.sequence_id(), r.processed() - r.recomputed(), r.sampled());

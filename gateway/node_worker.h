@@ -1,14 +1,14 @@
 // Drives one attention node: a thread that runs the continuous-batching loop (scheduler.h) over
-// the node's control API (attention.proto): intake of new requests, release of finished,
-// cancelled and expired ones, admission (AddSequence with every known token), one Step per
-// iteration, stop rules on each sampled token. Failures: a Step refused for KV space preempts
+// the node's control API (attention.proto, through an AttentionNodeClient: gRPC in the binary, a
+// fake in tests): intake of new requests, release of finished, cancelled and expired ones, one
+// Step per iteration that also carries the admissions (StepRequest.admit: every known token of
+// each sequence the node does not hold), stop rules on each sampled token. Failures: an admission
+// refused for its own fault fails that request only; a Step refused for KV space preempts
 // everything by recompute; an unreachable expert (UNAVAILABLE with the node itself reachable) is
 // retried with backoff within a budget; a lost node fails its requests with UNAVAILABLE and is
-// probed until it is back (its KV is then assumed gone). The node's KV is released as soon as a
-// request ends for any reason.
+// probed until it is back, when the ids it held are released. The node's KV is released as soon
+// as a request ends for any reason.
 #pragma once
-
-#include <grpcpp/grpcpp.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -22,9 +22,10 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "gateway/attention_client.h"
 #include "gateway/request.h"
 #include "gateway/scheduler/scheduler.h"
-#include "phimoe/v1/attention.grpc.pb.h"
+#include "phimoe/v1/attention.pb.h"
 
 namespace phimoe::gateway {
 
@@ -66,8 +67,13 @@ struct NodeInfo {
 class NodeWorker {
  public:
   // `queued` counts requests accepted but not yet admitted, gateway-wide (the worker decrements
-  // it); `observer` may be null. Starts the thread, which connects in the background.
+  // it); `observer` may be null. Starts the thread, which connects in the background over gRPC to
+  // options.address.
   NodeWorker(NodeOptions options, std::atomic<int64_t>* queued, GatewayObserver* observer);
+  // The same over `client` (owned; used only by the worker's thread). options.address only names
+  // the node in messages.
+  NodeWorker(NodeOptions options, std::unique_ptr<AttentionNodeClient> client,
+             std::atomic<int64_t>* queued, GatewayObserver* observer);
   ~NodeWorker();  // Stop()s
 
   // Hands a request over (its queued count already taken). UNAVAILABLE when the node is down or
@@ -90,6 +96,10 @@ class NodeWorker {
   void Intake();                 // inbox → scheduler
   void Sweep();                  // cancelled, expired, told to cancel
   bool RunIteration();           // false when there was nothing to do
+  // After a Step that succeeded: `admitting` (the ids sent in its admit) are on the node, except
+  // those whose admission it refused, which end with the node's error.
+  void ApplyAdmissions(const phimoe::v1::StepResponse& response,
+                       const std::vector<uint64_t>& admitting, absl::Time sent);
   void ApplyStep(const phimoe::v1::StepResponse& response);
   absl::Status ReleaseOnNode(const std::vector<uint64_t>& ids);
   // Releases `also` and the ended requests' KV; a failure means the node is lost (FailAll, the
@@ -98,13 +108,11 @@ class NodeWorker {
   void FinishRequest(uint64_t id, FinishReason reason, absl::Status status);
   void FailAll(const absl::Status& status);  // node lost
   void WaitForWork(absl::Duration at_most);  // or until notified
-  std::unique_ptr<grpc::ClientContext> Context(absl::Duration timeout) const;
 
   const NodeOptions options_;
   std::atomic<int64_t>* queued_;
   GatewayObserver* observer_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<phimoe::v1::AttentionService::Stub> stub_;
+  std::unique_ptr<AttentionNodeClient> client_;  // worker thread only
 
   std::atomic<bool> up_{false};
   std::atomic<int64_t> load_{0};
@@ -122,7 +130,7 @@ class NodeWorker {
   struct Active {
     std::shared_ptr<Request> request;
     bool admitted_once = false;  // left the queue (queued_ given back)
-    bool on_node = false;        // AddSequence done since the last release
+    bool on_node = false;        // admitted by a Step that succeeded, not released since
   };
   std::unique_ptr<Scheduler> scheduler_;
   std::map<uint64_t, Active> active_;

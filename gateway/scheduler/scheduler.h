@@ -3,8 +3,8 @@
 // chunks start, under a per-step token budget (chunked prefill) and the node's free KV blocks,
 // first come first served. When blocks run out it preempts by recompute: the newest running
 // sequence gives its blocks back and returns to the front of the queue with all its tokens (prompt
-// and generated) to be computed again. The caller carries the plan out (AddSequence / Step /
-// Release on the node) and reports each step's results back.
+// and generated) to be computed again. The caller carries the plan out (a Step carrying the
+// admissions, Release on the node) and reports each step's results back.
 #pragma once
 
 #include <cstdint>

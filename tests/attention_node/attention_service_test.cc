@@ -3,8 +3,10 @@
 // INVALID_ARGUMENT naming the field, Release is idempotent, and a Step whose deadline passes or
 // whose call is cancelled while experts are slow (or whose experts fail) leaves the engine
 // consistent: the same step retried gives the expected token; draining finishes the running step
-// and refuses queued ones. Experts run in process behind a dispatcher the test can slow down or
-// break; the mesh as processes is covered by mesh_test.
+// and refuses queued ones. A Step with `admit` registers and steps in one call, reports a refused
+// admission per sequence, and when it fails leaves none of its admissions behind. Experts run in
+// process behind a dispatcher the test can slow down or break; the mesh as processes is covered by
+// mesh_test.
 #include "attention_node/attention_service.h"
 
 #include <grpcpp/grpcpp.h>
@@ -14,6 +16,7 @@
 #include <cmath>
 #include <filesystem>
 #include <limits>
+#include <map>
 #include <thread>
 
 #include "runtime/local_model.h"
@@ -126,6 +129,23 @@ class AttentionServiceTest : public ::testing::Test {
     grpc::ClientContext ctx;
     EXPECT_TRUE(stub_->Capacity(&ctx, v1::CapacityRequest(), &resp).ok());
     return resp;
+  }
+  static v1::AddSequenceRequest AddRequest(uint64_t id, const std::vector<int32_t>& prompt,
+                                           float temperature = 0) {
+    v1::AddSequenceRequest req;
+    req.set_sequence_id(id);
+    for (int32_t t : prompt) req.add_prompt(t);
+    req.mutable_sampling()->set_temperature(temperature);
+    return req;
+  }
+  // One Step admitting `admit` and stepping `items` (all pending tokens each).
+  grpc::Status StepAdmitting(const std::vector<v1::AddSequenceRequest>& admit,
+                             const std::vector<uint64_t>& items, v1::StepResponse* resp) {
+    v1::StepRequest req;
+    for (const v1::AddSequenceRequest& a : admit) *req.add_admit() = a;
+    for (uint64_t id : items) req.add_items()->set_sequence_id(id);
+    grpc::ClientContext ctx;
+    return stub_->Step(&ctx, req, resp);
   }
   // Steps until `n` tokens are sampled.
   std::vector<int32_t> Run(uint64_t id, int n) {
@@ -367,6 +387,104 @@ TEST_F(AttentionServiceTest, DrainingFinishesTheRunningStepAndRefusesQueuedOnes)
   ASSERT_EQ(running_resp.results_size(), 1);
   EXPECT_EQ(running_resp.results(0).token(), want[0]);
   EXPECT_EQ(queued_status.error_code(), grpc::StatusCode::UNAVAILABLE) << queued_status.error_message();
+}
+
+TEST_F(AttentionServiceTest, StepAdmitsAndStepsInOneCall) {
+  const std::vector<int32_t> a = Prompt(6, 8), b = Prompt(9, 9);
+  const std::vector<int32_t> want_a = Expected(a, 3), want_b = Expected(b, 3);
+  v1::StepResponse resp;
+  grpc::Status s = StepAdmitting({AddRequest(21, a), AddRequest(22, b)}, {21, 22}, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(resp.results_size(), 2);
+  for (const v1::StepResult& r : resp.results()) {
+    EXPECT_EQ(r.error_code(), 0) << r.error_message();
+    EXPECT_TRUE(r.sampled());
+    EXPECT_EQ(r.processed(), r.sequence_id() == 21 ? 6 : 9);
+    EXPECT_EQ(r.token(), r.sequence_id() == 21 ? want_a[0] : want_b[0]);
+  }
+  EXPECT_EQ(Capacity().running_sequences(), 2);
+  // Registered as AddSequence would have: the following steps continue both.
+  EXPECT_EQ(Run(21, 2), std::vector<int32_t>(want_a.begin() + 1, want_a.end()));
+  EXPECT_EQ(Run(22, 2), std::vector<int32_t>(want_b.begin() + 1, want_b.end()));
+  ASSERT_TRUE(Release({21, 22}).ok());
+  EXPECT_EQ(Capacity().free_blocks(), 64);
+}
+
+TEST_F(AttentionServiceTest, RefusedAdmissionIsReportedPerSequenceWithoutFailingTheOthers) {
+  const std::vector<int32_t> held = Prompt(5, 10), good = Prompt(7, 11);
+  const std::vector<int32_t> want_held = Expected(held, 2), want_good = Expected(good, 1);
+  ASSERT_TRUE(Add(30, held).ok());
+  ASSERT_EQ(Run(30, 1), std::vector<int32_t>{want_held[0]});
+  v1::StepResponse resp;
+  grpc::Status s = StepAdmitting({AddRequest(31, good),
+                                  AddRequest(32, {1, 40000}),          // outside the vocabulary
+                                  AddRequest(30, good),                // the id is in use
+                                  AddRequest(33, {1, 2}, -1.0f)},      // bad sampling
+                                 {31, 32, 30, 33}, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  std::map<uint64_t, v1::StepResult> by_id;
+  for (const v1::StepResult& r : resp.results()) {
+    EXPECT_EQ(by_id.count(r.sequence_id()), 0u) << "two results for " << r.sequence_id();
+    by_id[r.sequence_id()] = r;
+  }
+  ASSERT_EQ(by_id.size(), 4u);
+  EXPECT_EQ(by_id[31].error_code(), 0);
+  EXPECT_TRUE(by_id[31].sampled());
+  EXPECT_EQ(by_id[31].token(), want_good[0]);
+  EXPECT_EQ(by_id[32].error_code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+  EXPECT_NE(by_id[32].error_message().find("admit[1].prompt[1]"), std::string::npos)
+      << by_id[32].error_message();
+  EXPECT_EQ(by_id[33].error_code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+  EXPECT_NE(by_id[33].error_message().find("admit[3].sampling.temperature"), std::string::npos)
+      << by_id[33].error_message();
+  // The refused duplicate is left out of the step: the sequence already holding the id is
+  // untouched and continues as if the call had not named it.
+  EXPECT_EQ(by_id[30].error_code(), static_cast<int>(absl::StatusCode::kAlreadyExists));
+  EXPECT_FALSE(by_id[30].sampled());
+  EXPECT_EQ(by_id[30].processed(), 0);
+  EXPECT_EQ(Capacity().running_sequences(), 2);
+  EXPECT_EQ(Run(30, 1), std::vector<int32_t>{want_held[1]});
+  // The refused ids are free: they can be added afterwards.
+  EXPECT_TRUE(Add(32, {1, 2}).ok());
+
+  // An id twice in one admit is the caller's bug: the whole call is refused, nothing admitted.
+  s = StepAdmitting({AddRequest(40, good), AddRequest(40, good)}, {40}, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("admit[1].sequence_id"), std::string::npos) << s.error_message();
+  EXPECT_EQ(Capacity().running_sequences(), 3);
+}
+
+TEST_F(AttentionServiceTest, FailedStepLeavesNoAdmittedSequenceBehind) {
+  ASSERT_TRUE(Add(50, Prompt(20, 12)).ok());
+  ASSERT_EQ(Run(50, 1).size(), 1u);  // 5 blocks of 4 positions held
+  const v1::CapacityResponse before = Capacity();
+  ASSERT_EQ(before.running_sequences(), 1);
+
+  // Not enough KV blocks: the admitted 240-token prompt needs 60 blocks, 59 are free.
+  v1::StepResponse resp;
+  grpc::Status s = StepAdmitting({AddRequest(51, Prompt(3, 13)), AddRequest(52, Prompt(240, 14))},
+                                 {50, 51, 52}, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  v1::CapacityResponse after = Capacity();
+  EXPECT_EQ(after.running_sequences(), before.running_sequences());
+  EXPECT_EQ(after.free_blocks(), before.free_blocks());
+
+  // The step fails on the experts (UNAVAILABLE): the same. (Only the admitted sequence is
+  // stepped: a sequence already there may keep a block allocated for positions not cached.)
+  experts_->fail = true;
+  s = StepAdmitting({AddRequest(51, Prompt(3, 13))}, {51}, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+  experts_->fail = false;
+  after = Capacity();
+  EXPECT_EQ(after.running_sequences(), before.running_sequences());
+  EXPECT_EQ(after.free_blocks(), before.free_blocks());
+
+  // The ids are free again (not ALREADY_EXISTS) and the step retried as a whole runs.
+  s = StepAdmitting({AddRequest(51, Prompt(3, 13))}, {50, 51}, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(resp.results_size(), 2);
+  EXPECT_EQ(Capacity().running_sequences(), 2);
+  EXPECT_TRUE(Add(52, {1, 2}).ok());
 }
 
 }  // namespace
