@@ -11,6 +11,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "router/placement.h"
+#include "tests/router/router_test_util.h"
 
 namespace phimoe::router {
 namespace {
@@ -19,39 +20,9 @@ using ::phimoe::testing::StatusIs;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-// Served pairs for experts [lo, hi] on every layer.
-std::vector<std::pair<int64_t, int64_t>> Range(int64_t n_layers, int64_t lo, int64_t hi) {
-  std::vector<std::pair<int64_t, int64_t>> out;
-  for (int64_t l = 0; l < n_layers; ++l) {
-    for (int64_t e = lo; e <= hi; ++e) out.emplace_back(l, e);
-  }
-  return out;
-}
-
-ModelConfig TinyConfig() {
-  ModelConfig c;
-  c.d_model = 8;
-  c.n_layers = 2;
-  c.n_heads = 2;
-  c.n_kv_heads = 1;
-  c.head_dim = 4;
-  c.d_ff = 16;
-  c.n_experts = 16;
-  c.top_k = 2;
-  c.vocab_size = 100;
-  return c;
-}
-
-ExpertNodeInfo InfoFor(const ModelConfig& c, std::vector<std::pair<int64_t, int64_t>> served) {
-  ExpertNodeInfo info;
-  info.model_type = c.model_type;
-  info.config_hash = c.Hash();
-  info.d_model = c.d_model;
-  info.n_layers = c.n_layers;
-  info.n_experts = c.n_experts;
-  info.served = std::move(served);
-  return info;
-}
+using testing::InfoFor;
+using testing::Range;
+using testing::TinyConfig;
 
 TEST(PlacementTest, BuildsAndChecksModel) {
   const ModelConfig c = TinyConfig();

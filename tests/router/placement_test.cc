@@ -17,6 +17,7 @@
 #include "common/status_matchers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/router/router_test_util.h"
 
 namespace phimoe::router {
 namespace {
@@ -26,56 +27,24 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 
-using Pairs = std::vector<std::pair<int64_t, int64_t>>;
+using testing::Block;
+using testing::InfoFor;
+using testing::Pairs;
+using testing::TinyConfig;
 
 constexpr absl::StatusCode kPrecondition = absl::StatusCode::kFailedPrecondition;
-
-ModelConfig SmallConfig() {
-  ModelConfig c;
-  c.d_model = 8;
-  c.n_layers = 2;
-  c.n_heads = 2;
-  c.n_kv_heads = 1;
-  c.head_dim = 4;
-  c.d_ff = 16;
-  c.n_experts = 16;
-  c.top_k = 2;
-  c.vocab_size = 100;
-  return c;
-}
-
-ExpertNodeInfo InfoFor(const ModelConfig& c, Pairs served) {
-  ExpertNodeInfo info;
-  info.model_type = c.model_type;
-  info.config_hash = c.Hash();
-  info.d_model = c.d_model;
-  info.n_layers = c.n_layers;
-  info.n_experts = c.n_experts;
-  info.served = std::move(served);
-  info.node_name = "node";
-  return info;
-}
-
-// Experts [lo, hi] of layers [l0, l1].
-Pairs Block(int64_t l0, int64_t l1, int64_t lo, int64_t hi) {
-  Pairs out;
-  for (int64_t l = l0; l <= l1; ++l) {
-    for (int64_t e = lo; e <= hi; ++e) out.emplace_back(l, e);
-  }
-  return out;
-}
 
 // --- CheckSameModel ---
 
 TEST(CheckSameModelTest, AcceptsANodeOfTheModel) {
-  const ModelConfig c = SmallConfig();
+  const ModelConfig c = TinyConfig();
   EXPECT_OK(CheckSameModel(c, "a:1", InfoFor(c, {})));
   // The model's corners, and duplicates, are fine.
   EXPECT_OK(CheckSameModel(c, "a:1", InfoFor(c, {{0, 0}, {1, 15}, {1, 15}, {0, 0}})));
 }
 
 TEST(CheckSameModelTest, NamesEachDifferingFieldAndTheAddress) {
-  const ModelConfig c = SmallConfig();
+  const ModelConfig c = TinyConfig();
   const std::string prefix = "expert node 10.0.0.7:5001 serves another model: ";
   struct Case {
     const char* field;
@@ -99,7 +68,7 @@ TEST(CheckSameModelTest, NamesEachDifferingFieldAndTheAddress) {
 }
 
 TEST(CheckSameModelTest, ConfigHashCatchesFieldsNotComparedOneByOne) {
-  const ModelConfig c = SmallConfig();
+  const ModelConfig c = TinyConfig();
   ModelConfig other = c;
   other.d_ff = 32;  // same model_type and sizes the check compares, different math
   ExpertNodeInfo info = InfoFor(c, {});
@@ -113,7 +82,7 @@ TEST(CheckSameModelTest, ConfigHashCatchesFieldsNotComparedOneByOne) {
 }
 
 TEST(CheckSameModelTest, NamesTheFirstDifferingFieldInTheDocumentedOrder) {
-  const ModelConfig c = SmallConfig();
+  const ModelConfig c = TinyConfig();
   // model_type, d_model, n_layers, n_experts, config hash: each wins over those after it.
   ExpertNodeInfo info = InfoFor(c, {});
   info.model_type = "x";
@@ -137,7 +106,7 @@ TEST(CheckSameModelTest, NamesTheFirstDifferingFieldInTheDocumentedOrder) {
 }
 
 TEST(CheckSameModelTest, RefusesPairsOutsideTheModelOnEverySide) {
-  const ModelConfig c = SmallConfig();
+  const ModelConfig c = TinyConfig();
   for (const auto& [layer, expert] : Pairs{{-1, 0}, {2, 0}, {0, -1}, {0, 16}, {7, 99}}) {
     EXPECT_THAT(CheckSameModel(c, "c:3", InfoFor(c, {{0, 0}, {layer, expert}})),
                 StatusIs(kPrecondition,
@@ -197,14 +166,14 @@ TEST(DescribePairsTest, EverythingMissing) {
 // --- Placement::Build ---
 
 TEST(PlacementBuildTest, RefusesMismatchedOrNoNodes) {
-  const ModelConfig c = SmallConfig();
+  const ModelConfig c = TinyConfig();
   EXPECT_THAT(Placement::Build(c, {}, {}), StatusIs(absl::StatusCode::kInvalidArgument));
   EXPECT_THAT(Placement::Build(c, {"a:1", "b:2"}, {InfoFor(c, Block(0, 1, 0, 15))}),
               StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 TEST(PlacementBuildTest, TheBadNodeIsNamedByItsAddress) {
-  const ModelConfig c = SmallConfig();
+  const ModelConfig c = TinyConfig();
   ExpertNodeInfo bad = InfoFor(c, Block(0, 1, 8, 15));
   bad.n_experts = 8;
   EXPECT_THAT(
@@ -216,7 +185,7 @@ TEST(PlacementBuildTest, TheBadNodeIsNamedByItsAddress) {
 }
 
 TEST(PlacementBuildTest, UnservedPairsAndTheNodesAreListed) {
-  const ModelConfig c = SmallConfig();
+  const ModelConfig c = TinyConfig();
   EXPECT_THAT(Placement::Build(c, {"a:1", "b:2"},
                                {InfoFor(c, Block(0, 1, 0, 7)), InfoFor(c, Block(0, 0, 8, 14))}),
               StatusIs(kPrecondition, "no expert node serves layer 0: expert 15; layer 1: experts "
@@ -224,7 +193,7 @@ TEST(PlacementBuildTest, UnservedPairsAndTheNodesAreListed) {
 }
 
 TEST(PlacementBuildTest, ReplicaHostsAreAscendingWhateverTheServedOrder) {
-  const ModelConfig c = SmallConfig();
+  const ModelConfig c = TinyConfig();
   // Served lists out of order and with duplicates; node 2 serves everything, and replicates
   // what nodes 0 and 1 serve.
   const Pairs few = {{0, 9}, {0, 9}, {1, 4}};
@@ -256,7 +225,7 @@ TEST(PlacementBuildTest, ReplicaHostsAreAscendingWhateverTheServedOrder) {
 
 // Host lists against a set-based model of what was served, for random placements.
 TEST(PlacementBuildTest, HostsMatchWhatEachNodeServesOnRandomPlacements) {
-  const ModelConfig c = SmallConfig();
+  const ModelConfig c = TinyConfig();
   std::mt19937 rng(7);
   for (int round = 0; round < 20; ++round) {
     const int n_nodes = 1 + static_cast<int>(rng() % 4);
