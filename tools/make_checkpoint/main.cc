@@ -13,6 +13,7 @@
 #include "tools/make_checkpoint/checkpoint_writer.h"
 #include "tools/make_checkpoint/presets.h"
 
+namespace phimoe::make_checkpoint {
 namespace {
 
 int Fail(const absl::Status& status) {
@@ -20,11 +21,8 @@ int Fail(const absl::Status& status) {
   return 1;
 }
 
-}  // namespace
 
-int main(int argc, char** argv) {
-  using namespace phimoe;
-  using namespace phimoe::make_checkpoint;
+int Main(int argc, char** argv) {
   std::string preset, config_path, out;
   int64_t seed = 0, layers = 0, max_shard_bytes = 5'000'000'000;
   bool force = false, quiet = false;
@@ -85,3 +83,8 @@ int main(int argc, char** argv) {
                stats->seconds, stats->data_bytes / 1e6 / std::max(stats->seconds, 1e-9));
   return 0;
 }
+
+}  // namespace
+}  // namespace phimoe::make_checkpoint
+
+int main(int argc, char** argv) { return phimoe::make_checkpoint::Main(argc, argv); }

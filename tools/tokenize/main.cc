@@ -20,11 +20,12 @@
 #include "tokenizer/tokenizer.h"
 #include "nlohmann/json.hpp"
 
+namespace phimoe::tokenize {
 namespace {
 
 using json = nlohmann::json;
-using phimoe::tokenizer::ChatMessage;
-using phimoe::tokenizer::Tokenizer;
+using tokenizer::ChatMessage;
+using tokenizer::Tokenizer;
 
 absl::StatusOr<std::vector<int32_t>> HandleLine(const Tokenizer& tok, const std::string& line) {
   json in = json::parse(line, nullptr, /*allow_exceptions=*/false);
@@ -146,9 +147,8 @@ void WriteLine(const json& out) {
   std::fwrite(s.data(), 1, s.size(), stdout);
 }
 
-}  // namespace
 
-int main(int argc, char** argv) {
+int Main(int argc, char** argv) {
   std::string dir;
   phimoe::FlagParser parser(
       "phimoe-tokenize", "--tokenizer DIR < requests.jsonl",
@@ -195,3 +195,8 @@ int main(int argc, char** argv) {
   std::fflush(stdout);
   return any_failed ? 1 : 0;
 }
+
+}  // namespace
+}  // namespace phimoe::tokenize
+
+int main(int argc, char** argv) { return phimoe::tokenize::Main(argc, argv); }
