@@ -12,22 +12,16 @@
 
 #include <algorithm>
 #include <atomic>
-#include <bit>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "common/bf16.h"
+#include "router/wire_codec.h"
 
 namespace phimoe::expert {
 namespace {
-
-static_assert(std::endian::native == std::endian::little, "payloads are little-endian");
-
-size_t ElementSize(v1::DType dtype) { return dtype == v1::DTYPE_BF16 ? 2 : 4; }
 
 v1::ExpertResponse ErrorResponse(uint64_t request_id, absl::StatusCode code,
                                  const std::string& message) {
@@ -289,20 +283,15 @@ grpc::ServerUnaryReactor* ExpertServiceImpl::Info(grpc::CallbackServerContext* c
 
 absl::Status ExpertServiceImpl::Validate(const v1::ExpertRequest& r) const {
   const ModelConfig& config = compute_->config();
-  if (r.dtype() != v1::DTYPE_F32 && r.dtype() != v1::DTYPE_BF16) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("dtype: ", static_cast<int>(r.dtype()), " is not DTYPE_F32 or DTYPE_BF16"));
-  }
   if (r.n_tokens() > static_cast<uint64_t>(options_.max_tokens)) {
     return absl::InvalidArgumentError(
         absl::StrCat("n_tokens: ", r.n_tokens(), " exceeds the limit of ", options_.max_tokens));
   }
-  const uint64_t want = static_cast<uint64_t>(r.n_tokens()) *
-                        static_cast<uint64_t>(config.d_model) * ElementSize(r.dtype());
-  if (r.hidden().size() != want) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "hidden: ", r.hidden().size(), " bytes, but n_tokens ", r.n_tokens(), " x d_model ",
-        config.d_model, " x ", ElementSize(r.dtype()), " bytes = ", want));
+  // The dtype, and the payload's length against n_tokens x d_model (before a byte is read).
+  if (absl::Status s = router::wire::CheckPayload("hidden", r.dtype(), r.hidden().size(),
+                                                  r.n_tokens(), config.d_model);
+      !s.ok()) {
+    return s;
   }
   if (r.layer() >= static_cast<uint64_t>(config.n_layers)) {
     return absl::InvalidArgumentError(
@@ -380,16 +369,7 @@ v1::ExpertResponse ExpertServiceImpl::Compute(const v1::ExpertRequest& r) {
   const size_t n_values = static_cast<size_t>(n * d);
   // Payload -> fp32 (Validate checked the byte length).
   hidden_f32_.resize(n_values);
-  if (r.dtype() == v1::DTYPE_F32) {
-    if (n_values > 0) std::memcpy(hidden_f32_.data(), r.hidden().data(), n_values * sizeof(float));
-  } else {
-    const char* src = r.hidden().data();
-    for (size_t i = 0; i < n_values; ++i) {
-      bf16_t v;
-      std::memcpy(&v, src + 2 * i, sizeof v);
-      hidden_f32_[i] = Bf16ToFloat(v);
-    }
-  }
+  router::wire::DecodeValues(r.dtype(), r.hidden(), hidden_f32_.data());
   assignments_.resize(static_cast<size_t>(r.token_size()));
   for (int i = 0; i < r.token_size(); ++i) {
     assignments_[static_cast<size_t>(i)] = {static_cast<int32_t>(r.token(i)),
@@ -405,18 +385,7 @@ v1::ExpertResponse ExpertServiceImpl::Compute(const v1::ExpertRequest& r) {
   response.set_request_id(r.request_id());
   response.set_n_tokens(static_cast<uint32_t>(n));
   response.set_dtype(r.dtype());
-  std::string* out = response.mutable_output();
-  if (r.dtype() == v1::DTYPE_F32) {
-    out->resize(n_values * sizeof(float));
-    if (n_values > 0) std::memcpy(out->data(), out_f32_.data(), out->size());
-  } else {
-    out->resize(n_values * sizeof(bf16_t));
-    char* dst = out->data();
-    for (size_t i = 0; i < n_values; ++i) {
-      const bf16_t v = FloatToBf16(out_f32_[i]);
-      std::memcpy(dst + 2 * i, &v, sizeof v);
-    }
-  }
+  router::wire::EncodeValues(r.dtype(), out_f32_.data(), n_values, response.mutable_output());
   response.set_compute_ns(NowNs() - start);
   return response;
 }

@@ -10,10 +10,8 @@
 
 #include <algorithm>
 #include <atomic>
-#include <bit>
 #include <chrono>
 #include <condition_variable>
-#include <cstring>
 #include <deque>
 #include <mutex>
 #include <optional>
@@ -22,20 +20,17 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "common/bf16.h"
 #include "common/grpc_status.h"
 #include "phimoe/v1/expert.grpc.pb.h"
 #include "router/dispatch_plan.h"
 #include "router/placement.h"
+#include "router/wire_codec.h"
 
 namespace phimoe::router {
 namespace {
 
 namespace pb = ::phimoe::v1;
 using Clock = std::chrono::steady_clock;
-
-static_assert(std::endian::native == std::endian::little,
-              "payloads are little-endian and copied as-is");
 
 constexpr int kMaxMessageBytes = 256 << 20;
 constexpr absl::Duration kInitialBackoff = absl::Milliseconds(100);
@@ -183,8 +178,7 @@ struct Core {
   bool reported_serving = true;  // background thread only
 
   // Scratch reused across dispatches (Dispatch is called by one thread at a time).
-  std::vector<float> rows_scratch, out_scratch;
-  std::vector<bf16_t> bf16_scratch;
+  std::vector<float> out_scratch;
 };
 
 // One Dispatch stream to one node. Owns itself from Start until OnDone; the dispatcher holds
@@ -471,22 +465,7 @@ std::vector<Core::Failure> Core::RunRound(
     r.set_layer(static_cast<uint32_t>(request.layer));
     r.set_n_tokens(static_cast<uint32_t>(rows));
     r.set_dtype(wire_dtype);
-    const size_t elements = static_cast<size_t>(rows * d);
-    std::string* hidden = r.mutable_hidden();
-    if (wire_dtype == pb::DTYPE_BF16) {
-      rows_scratch.resize(elements);
-      GatherPartRows(part, request.hidden, d, rows_scratch.data());
-      bf16_scratch.resize(elements);
-      for (size_t i = 0; i < elements; ++i) bf16_scratch[i] = FloatToBf16(rows_scratch[i]);
-      hidden->assign(reinterpret_cast<const char*>(bf16_scratch.data()), elements * sizeof(bf16_t));
-    } else {  // rows straight into the payload
-      const size_t row_bytes = static_cast<size_t>(d) * sizeof(float);
-      hidden->resize(elements * sizeof(float));
-      for (size_t i = 0; i < part.rows.size(); ++i) {
-        std::memcpy(hidden->data() + i * row_bytes,
-                    request.hidden + static_cast<int64_t>(part.rows[i]) * d, row_bytes);
-      }
-    }
+    wire::EncodeRows(wire_dtype, request.hidden, d, part.rows, r.mutable_hidden());
     r.mutable_token()->Add(part.token.begin(), part.token.end());
     r.mutable_expert()->Add(part.expert.begin(), part.expert.end());
     r.mutable_weight()->Add(part.weight.begin(), part.weight.end());
@@ -602,25 +581,14 @@ std::vector<Core::Failure> Core::RunRound(
     } else if (r.n_tokens() != static_cast<uint64_t>(rows)) {
       errors[p] = absl::UnavailableError(
           absl::StrCat("answered ", r.n_tokens(), " rows for a request of ", rows));
-    } else if (r.dtype() != pb::DTYPE_F32 && r.dtype() != pb::DTYPE_BF16) {
-      errors[p] = absl::UnavailableError(absl::StrCat("answered dtype ", r.dtype()));
+    } else if (absl::Status bad = wire::CheckPayload("output", r.dtype(), r.output().size(),
+                                                     r.n_tokens(), d);
+               !bad.ok()) {
+      errors[p] = absl::UnavailableError(absl::StrCat("answered ", bad.message()));
     } else {
-      const size_t width = r.dtype() == pb::DTYPE_F32 ? sizeof(float) : sizeof(bf16_t);
-      if (r.output().size() != elements * width) {
-        errors[p] = absl::UnavailableError(
-            absl::StrCat("answered ", r.output().size(), " bytes for ", rows, " x ", d, " ",
-                         width == 4 ? "f32" : "bf16"));
-      } else {
-        out_scratch.resize(elements);
-        if (width == sizeof(float)) {
-          std::memcpy(out_scratch.data(), r.output().data(), elements * sizeof(float));
-        } else {
-          bf16_scratch.resize(elements);
-          std::memcpy(bf16_scratch.data(), r.output().data(), elements * sizeof(bf16_t));
-          for (size_t i = 0; i < elements; ++i) out_scratch[i] = Bf16ToFloat(bf16_scratch[i]);
-        }
-        AccumulatePart(plan.parts[p], out_scratch.data(), d, out);
-      }
+      out_scratch.resize(elements);
+      wire::DecodeValues(r.dtype(), r.output(), out_scratch.data());
+      AccumulatePart(plan.parts[p], out_scratch.data(), d, out);
     }
   }
 

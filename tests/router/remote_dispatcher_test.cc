@@ -190,11 +190,11 @@ TEST(RemoteDispatcherLyingPeerTest, BadResponsesAreUnavailableNotReadPastTheirEn
   config.top_k = 2;
   config.vocab_size = 100;
   const std::vector<std::pair<Lie, std::string>> lies = {
-      {Lie::kShortOutput, "bytes for 3 x 16 f32"},
+      {Lie::kShortOutput, "output: 191 bytes, but 3 rows x d_model 16 x 4 bytes (f32) = 192"},
       {Lie::kHugeRowCount, "answered 1073741824 rows for a request of 3"},
       {Lie::kWrongId, "request_id"},
       {Lie::kErrorCode, "expert 99 is not hosted here"},
-      {Lie::kUnknownDtype, "dtype 9"}};
+      {Lie::kUnknownDtype, "dtype: 9 is not DTYPE_F32 or DTYPE_BF16"}};
   for (const auto& [lie, message] : lies) {
     LyingExpertService service(config, lie);
     grpc::ServerBuilder builder;
