@@ -82,7 +82,7 @@ int Main(int argc, char** argv) {
       kProgram,
       "--model DIR --expert-nodes HOST:PORT,... --listen ADDR [--kv-blocks N] [--block-size N]\n"
       "    [--threads N] [--device cpu] [--precision fp32|bf16] [--dispatch-timeout-ms N]\n"
-      "    [--startup-timeout-ms N] [--bf16-wire]",
+      "    [--startup-timeout-ms N] [--wire-dtype f32|bf16]",
       "Serves phimoe.v1.AttentionService (AddSequence, ExtendSequence, Step, Release, Capacity):\n"
       "embeddings, attention with a paged KV cache, router gate, final norm, lm_head and sampling,\n"
       "with every layer's experts computed by the expert nodes listed in --expert-nodes. Maps only\n"

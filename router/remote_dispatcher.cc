@@ -154,7 +154,7 @@ struct Core {
 
   const ModelConfig config;
   const RemoteDispatcherOptions options;
-  const pb::DType wire_dtype = options.bf16_wire ? pb::DTYPE_BF16 : pb::DTYPE_F32;
+  const pb::DType wire_dtype = options.wire_dtype == WireDtype::kBf16 ? pb::DTYPE_BF16 : pb::DTYPE_F32;
 
   mutable std::mutex mu;
   std::condition_variable cv;     // responses, stream ends (Dispatch and the destructor wait)

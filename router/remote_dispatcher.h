@@ -22,12 +22,16 @@
 
 namespace phimoe::router {
 
+// How hidden states and expert outputs travel: f32 is exact (what every golden needs); bf16 halves
+// the bytes at about a bf16 GPU run's error.
+enum class WireDtype { kF32, kBf16 };
+
 struct RemoteDispatcherOptions {
   std::vector<std::string> expert_nodes;             // host:port, as given to --expert-nodes
   // Per layer dispatch (all nodes); a failed node's part re-planned onto replicas gets its own.
   absl::Duration dispatch_timeout = absl::Seconds(10);
   absl::Duration startup_timeout = absl::Seconds(30);   // waiting for nodes at Create
-  bool bf16_wire = false;  // send hidden states and outputs as bf16 (default f32: exact)
+  WireDtype wire_dtype = WireDtype::kF32;
 };
 
 // Figures for benchmarks and metrics.

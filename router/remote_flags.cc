@@ -3,6 +3,7 @@
 
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_split.h"
 
 namespace phimoe::router {
@@ -14,13 +15,18 @@ void RemoteExpertFlags::Register(FlagParser& parser, const std::string& nodes_he
                 "marked down");
   parser.AddInt("startup-timeout-ms", &startup_timeout_ms,
                 "how long to wait for every expert node at start-up");
-  parser.AddBool("bf16-wire", &bf16_wire,
-                 "send hidden states and expert outputs as bf16 (half the bytes; default f32, exact)");
+  parser.AddString("wire-dtype", &wire_dtype,
+                   "how hidden states and expert outputs travel: f32 (default, exact) or bf16 (half "
+                   "the bytes, about a bf16 GPU run's error)");
+  parser.AddBool("bf16-wire", &bf16_wire, "the same as --wire-dtype bf16 (older spelling)");
 }
 
 absl::StatusOr<RemoteDispatcherOptions> RemoteExpertFlags::Options() const {
   RemoteDispatcherOptions o;
-  o.expert_nodes = absl::StrSplit(expert_nodes, ',', absl::SkipWhitespace());
+  // "a:1, b:2" is two nodes: items are trimmed, empty ones skipped.
+  for (absl::string_view item : absl::StrSplit(expert_nodes, ',', absl::SkipWhitespace())) {
+    o.expert_nodes.emplace_back(absl::StripAsciiWhitespace(item));
+  }
   if (o.expert_nodes.empty()) return absl::InvalidArgumentError("--expert-nodes lists no node");
   if (dispatch_timeout_ms < 1) {
     return absl::InvalidArgumentError("--dispatch-timeout-ms must be at least 1");
@@ -28,7 +34,16 @@ absl::StatusOr<RemoteDispatcherOptions> RemoteExpertFlags::Options() const {
   if (startup_timeout_ms < 0) return absl::InvalidArgumentError("--startup-timeout-ms must be >= 0");
   o.dispatch_timeout = absl::Milliseconds(dispatch_timeout_ms);
   o.startup_timeout = absl::Milliseconds(startup_timeout_ms);
-  o.bf16_wire = bf16_wire;
+  if (wire_dtype.empty() || wire_dtype == "f32") {
+    if (bf16_wire && !wire_dtype.empty()) {
+      return absl::InvalidArgumentError("--bf16-wire contradicts --wire-dtype f32");
+    }
+    o.wire_dtype = bf16_wire ? WireDtype::kBf16 : WireDtype::kF32;
+  } else if (wire_dtype == "bf16") {
+    o.wire_dtype = WireDtype::kBf16;
+  } else {
+    return absl::InvalidArgumentError("--wire-dtype must be f32 or bf16, got \"" + wire_dtype + "\"");
+  }
   return o;
 }
 

@@ -361,7 +361,7 @@ TEST_F(RemoteDispatcherTest, Bf16WireWithinBf16Rounding) {
   }
   RemoteDispatcherOptions options = Options(nodes);
   ASSERT_OK_AND_ASSIGN(auto f32, RemoteDispatcher::Create(config_, options));
-  options.bf16_wire = true;
+  options.wire_dtype = WireDtype::kBf16;
   ASSERT_OK_AND_ASSIGN(auto bf16, RemoteDispatcher::Create(config_, options));
   for (int32_t layer = 0; layer < config_.n_layers; ++layer) {
     Batch b = MakeBatch(layer, 33, 40 + static_cast<uint32_t>(layer));

@@ -306,7 +306,7 @@ int Main(int argc, char** argv) {
                   "bf16 error; the rest reported)");
   router::RemoteExpertFlags remote_flags;
   remote_flags.Register(flags, "comma-separated HOST:PORT of expert nodes serving every expert "
-                               "(default: all experts in this process); --bf16-wire is not exact, "
+                               "(default: all experts in this process); --wire-dtype bf16 is not exact, "
                                "so fp32 checks may fail with it");
   common.Register(flags);
   flags.ParseOrExit(argc, argv);
