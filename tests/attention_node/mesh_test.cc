@@ -1,6 +1,6 @@
 // The mesh as real processes on 127.0.0.1 (port 0), on the tiny fixture: phimoe-golden through 1,
 // 2 (uneven) and 3 (one expert replicated) expert nodes; phimoe-attention-node driven through its
-// gRPC stub gives LocalModel's greedy ids; losing the only node of some experts makes Step
+// gRPC stub gives LocalModel's greedy ids; phimoe-bench reports the data plane's figures; losing the only node of some experts makes Step
 // UNAVAILABLE within the dispatch timeout and health NOT_SERVING, and restarting that node on the
 // same port brings SERVING and working steps back; a node of another model is refused at start-up.
 #include <grpcpp/grpcpp.h>
@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "runtime/local_model.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "phimoe/v1/attention.grpc.pb.h"
 #include "tests/integration/health.h"
 #include "tests/integration/process.h"
@@ -54,7 +55,8 @@ class MeshTest : public ::testing::Test {
     if (!std::filesystem::exists(kTiny + "/model.safetensors")) {
       GTEST_SKIP() << "shared fixtures not found at " << kTiny << " (set PHIMOE_SHARED_DIR)";
     }
-    for (const char* b : {"phimoe-expert-node", "phimoe-attention-node", "phimoe-golden"}) {
+    for (const char* b :
+         {"phimoe-expert-node", "phimoe-attention-node", "phimoe-golden", "phimoe-bench"}) {
       ASSERT_TRUE(std::filesystem::exists(kBin + "/" + b)) << kBin << "/" << b << " is not built";
     }
   }
@@ -182,6 +184,51 @@ TEST_F(MeshTest, GoldenThroughOneTwoAndThreeNodes) {
         &output);
     EXPECT_EQ(rc, 0) << output;
     EXPECT_NE(output.find(" 0 failed"), std::string::npos) << output;
+  }
+}
+
+// phimoe-bench through two expert nodes reports the data plane's figures, per wire dtype.
+TEST_F(MeshTest, BenchReportsTheDataPlane) {
+  auto a = StartExpertNode("0-7");
+  auto b = StartExpertNode("8-15");
+  ASSERT_TRUE(a != nullptr && b != nullptr);
+  double bytes_f32 = 0;
+  for (const char* dtype_name : {"f32", "bf16"}) {
+    const std::string dtype = dtype_name;
+    SCOPED_TRACE(dtype);
+    std::string output;
+    const int rc = RunCommand(
+        absl::StrJoin({Quote(kBin + "/phimoe-bench"), std::string("--model"), Quote(kTiny),
+                       std::string("--batch 2 --prompt-len 8 --gen-len 6 --threads 1 --json"),
+                       std::string("--wire-dtype"), dtype, std::string("--expert-nodes"),
+                       a->address() + "," + b->address()},
+                      " "),
+        &output);
+    ASSERT_EQ(rc, 0) << output;
+    // The JSON object is the last line.
+    const size_t brace = output.rfind("\n{");
+    const nlohmann::json j =
+        nlohmann::json::parse(output.substr(brace == std::string::npos ? 0 : brace + 1));
+    EXPECT_EQ(j.at("transport"), "grpc");
+    EXPECT_EQ(j.at("wire_dtype"), dtype);
+    EXPECT_EQ(j.at("expert_nodes"), 2);
+    const double rt50 = j.at("layer_round_trip_us_p50"), rt99 = j.at("layer_round_trip_us_p99");
+    const double tr50 = j.at("transport_us_p50"), tr99 = j.at("transport_us_p99");
+    EXPECT_GT(rt50, 0);
+    EXPECT_GE(rt99, rt50);
+    EXPECT_GE(tr99, tr50);
+    // The transport share is the round trip minus a compute that happened inside it.
+    EXPECT_GT(tr50, 0);
+    EXPECT_LE(tr50, rt50);
+    // The same quantile in seconds, printed to 1 µs (%.6f) while the µs field has 0.1 µs.
+    EXPECT_NEAR(static_cast<double>(j.at("dispatch_round_trip_p50_s")) * 1e6, rt50, 0.55);
+    const double bytes = j.at("wire_bytes_per_token_per_layer");
+    EXPECT_GT(bytes, 0);
+    if (dtype == "f32") {
+      bytes_f32 = bytes;
+    } else {
+      EXPECT_LT(bytes, 0.75 * bytes_f32);  // the payloads are half; headers and routing are not
+    }
   }
 }
 

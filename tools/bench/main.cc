@@ -148,9 +148,11 @@ int Main(int argc, char** argv) {
                    "Reports prefill and decode tokens/s and peak resident memory. --json prints one\n"
                    "flat JSON object. --load-only attention reports load time and resident memory\n"
                    "when only the attention side's tensors are mapped. With --expert-nodes the experts\n"
-                   "run on those expert nodes, and the JSON adds dispatch_round_trip_p50_s / _p99_s\n"
-                   "(one layer's dispatch during decode) and wire_bytes_per_token_per_layer (bytes\n"
-                   "sent plus received per decoded token per layer).");
+                   "run on those expert nodes, and the JSON adds transport, wire_dtype,\n"
+                   "layer_round_trip_us_p50 / _p99 (one layer's dispatch during decode),\n"
+                   "transport_us_p50 / _p99 (that round trip minus the slowest node's own compute;\n"
+                   "also as dispatch_overhead_p50_s / _p99_s) and wire_bytes_per_token_per_layer\n"
+                   "(bytes sent plus received per decoded token per layer).");
   flags.AddString("model", &model_dir, "model folder");
   flags.AddBool("random-weights", &random_weights,
                 "no checkpoint: make --preset's weights in the device's memory (the synthetic "
@@ -226,6 +228,7 @@ int Main(int argc, char** argv) {
   }
   opts.layers = layers;
   std::vector<std::string> nodes;
+  const char* wire_dtype = "f32";
   if (remote_flags.enabled()) {
     auto factory = remote_flags.Factory();
     if (!factory.ok()) {
@@ -234,6 +237,7 @@ int Main(int argc, char** argv) {
     }
     opts.remote_experts = *factory;
     nodes = remote_flags.Options()->expert_nodes;
+    if (remote_flags.Options()->wire_dtype == router::WireDtype::kBf16) wire_dtype = "bf16";
   }
   auto model = runtime::LocalModel::Open(opts);
   if (!model.ok()) {
@@ -297,10 +301,12 @@ int Main(int argc, char** argv) {
         ", \"expert_nodes\": %d, \"dispatch_round_trip_p50_s\": %.6f, "
         "\"dispatch_round_trip_p99_s\": %.6f, \"wire_bytes_per_token_per_layer\": %.1f, "
         "\"dispatch_overhead_p50_s\": %.6f, \"dispatch_overhead_p99_s\": %.6f, "
-        "\"decode_dispatches\": %lld, \"replica_retries\": %lld",
+        "\"decode_dispatches\": %lld, \"replica_retries\": %lld, \"transport\": \"grpc\", "
+        "\"wire_dtype\": \"%s\", \"layer_round_trip_us_p50\": %.1f, "
+        "\"layer_round_trip_us_p99\": %.1f, \"transport_us_p50\": %.1f, \"transport_us_p99\": %.1f",
         static_cast<int>(nodes.size()), p50, p99, bytes_per, o50, o99,
-        static_cast<long long>(n_dispatches),
-        static_cast<long long>(end.replica_retries));
+        static_cast<long long>(n_dispatches), static_cast<long long>(end.replica_retries),
+        wire_dtype, 1e6 * p50, 1e6 * p99, 1e6 * o50, 1e6 * o99);
     mesh_text = absl::StrFormat(
         "mesh     %d expert node(s); decode dispatch round trip p50 %.3f ms, p99 %.3f ms "
         "(transport overhead p50 %.3f ms, p99 %.3f ms); %.0f wire bytes per token per layer\n",
