@@ -25,7 +25,7 @@ struct GatewayOptions {
   int64_t max_tokens_limit = 0;     // 0: the context length
   int64_t max_prompt_tokens = 0;    // 0: the context length - 1
   int64_t context_length = 4096;    // config.json's max_position_embeddings (nodes may lower it)
-  int64_t model_vocab = 32064;      // config.json's vocab_size
+  int64_t model_vocab = 32064;      // ids accepted in prompts: config.json's vocab_size, at most the tokenizer's
   uint64_t expected_config_hash = 0;  // 0: accept any model the nodes serve
   absl::Duration step_timeout = absl::Seconds(300);
   absl::Duration retry_budget = absl::Seconds(30);

@@ -173,6 +173,10 @@ int Main(int argc, char** argv) {
   } else {
     options.context_length = 131072;
   }
+  // Prompt and stop ids must name a token: Phi-3.5's ids 32011-32063 exist in the model's
+  // embedding but not in the tokenizer (ModelInfo reports the tokenizer's 32011).
+  options.model_vocab = std::min<int64_t>(options.model_vocab,
+                                          static_cast<int64_t>((*tok)->vocab_size()));
   options.scheduler.max_running = max_running;
   options.scheduler.max_step_tokens = max_step_tokens;
   options.scheduler.prefill_chunk = prefill_chunk;

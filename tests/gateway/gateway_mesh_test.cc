@@ -287,6 +287,8 @@ TEST_F(GatewayMeshTest, BadRequestsAreInvalidArgumentNamingTheField) {
       {[](v1::GenerateRequest*) {}, "prompt"},
       {[](v1::GenerateRequest* r) { r->mutable_token_ids(); }, "token_ids.ids"},
       {[](v1::GenerateRequest* r) { r->mutable_token_ids()->add_ids(40000); }, "token_ids.ids[0]"},
+      // In the model's embedding (32064 rows) but no token of the tokenizer (32011).
+      {[](v1::GenerateRequest* r) { r->mutable_token_ids()->add_ids(32011); }, "token_ids.ids[0]"},
       {[](v1::GenerateRequest* r) { r->mutable_token_ids()->add_ids(-1); }, "token_ids.ids[0]"},
       {[](v1::GenerateRequest* r) { r->set_text(""); }, "text"},
       {[](v1::GenerateRequest* r) { r->set_text("hi"); r->mutable_params()->set_temperature(3); },
