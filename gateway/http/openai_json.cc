@@ -43,8 +43,11 @@ absl::StatusOr<std::optional<int64_t>> Integer(const json& body, const char* key
   const json* v = Field(body, key);
   if (v == nullptr) return std::optional<int64_t>();
   if (v->is_number_unsigned()) {
+    // JSON parses 0 and other non-negative numbers as unsigned: the lower bound applies too.
     const uint64_t u = v->get<uint64_t>();
-    if (u > static_cast<uint64_t>(hi)) return Invalid(key, absl::StrCat("must be at most ", hi));
+    if (u > static_cast<uint64_t>(hi) || (lo > 0 && u < static_cast<uint64_t>(lo))) {
+      return Invalid(key, absl::StrCat("must be in [", lo, ", ", hi, "]"));
+    }
     return std::optional<int64_t>(static_cast<int64_t>(u));
   }
   int64_t i = 0;

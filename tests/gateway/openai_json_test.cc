@@ -114,6 +114,12 @@ TEST(OpenAiJsonTest, CompletionPromptForms) {
 TEST(OpenAiJsonTest, UnsupportedParametersAreRefusedByName) {
   const json msgs = {{{"role", "user"}, {"content", "hi"}}};
   EXPECT_EQ(ErrorOf(Chat({{"messages", msgs}, {"n", 2}})), std::make_pair(400, std::string("n")));
+  // Zero is out of range, not "more than one choice" (JSON reads 0 as an unsigned number).
+  for (const char* key : {"n", "max_tokens", "max_completion_tokens"}) {
+    absl::StatusOr<OpenAiRequest> zero = Chat({{"messages", msgs}, {key, 0}});
+    EXPECT_EQ(ErrorOf(zero), std::make_pair(400, std::string(key)));
+    EXPECT_NE(zero.status().message().find("must be in [1, "), std::string::npos) << zero.status();
+  }
   EXPECT_EQ(ErrorOf(Chat({{"messages", msgs}, {"top_logprobs", 2}})),
             std::make_pair(400, std::string("top_logprobs")));
   EXPECT_EQ(ErrorOf(Chat({{"messages", msgs}, {"presence_penalty", 0.5}})),
