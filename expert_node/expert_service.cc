@@ -18,6 +18,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "router/protocol_version.h"
 #include "router/wire_codec.h"
 
 namespace phimoe::expert {
@@ -251,6 +252,15 @@ grpc::ServerBidiReactor<v1::ExpertRequest, v1::ExpertResponse>* ExpertServiceImp
 grpc::ServerUnaryReactor* ExpertServiceImpl::Info(grpc::CallbackServerContext* context,
                                                   const v1::ExpertInfoRequest* request,
                                                   v1::ExpertInfoResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  const uint32_t peer = router::PeerProtocolVersion(request->protocol_version());
+  if (peer != router::kExpertProtocolVersion) {
+    reactor->Finish(grpc::Status(
+        grpc::StatusCode::FAILED_PRECONDITION,
+        absl::StrCat("this expert node speaks expert protocol version ",
+                     router::kExpertProtocolVersion, "; the caller speaks version ", peer)));
+    return reactor;
+  }
   const ModelConfig& config = compute_->config();
   v1::ModelIdentity* model = response->mutable_model();
   model->set_model_type(config.model_type);
@@ -272,11 +282,11 @@ grpc::ServerUnaryReactor* ExpertServiceImpl::Info(grpc::CallbackServerContext* c
     }
   }
   response->set_dtype(v1::DTYPE_F32);
+  response->set_protocol_version(router::kExpertProtocolVersion);
   {
     std::lock_guard<std::mutex> lock(streams_mu_);
     response->set_node_name(node_name_);
   }
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

@@ -33,6 +33,12 @@ absl::Status Differs(const std::string& address, const std::string& field, const
 
 absl::Status CheckSameModel(const ModelConfig& config, const std::string& address,
                             const ExpertNodeInfo& info) {
+  if (info.protocol_version != kExpertProtocolVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "expert node ", address, " speaks expert protocol version ", info.protocol_version,
+        "; this attention node speaks version ", kExpertProtocolVersion,
+        " (run nodes of compatible versions side by side)"));
+  }
   if (info.model_type != config.model_type) {
     return Differs(address, "model_type", absl::StrCat("\"", info.model_type, "\""),
                    absl::StrCat("\"", config.model_type, "\""));

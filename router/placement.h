@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "common/model_config.h"
+#include "router/protocol_version.h"
 
 namespace phimoe::router {
 
@@ -25,11 +26,13 @@ struct ExpertNodeInfo {
   // (layer, expert) pairs the node hosts, in any order; duplicates are harmless.
   std::vector<std::pair<int64_t, int64_t>> served;
   std::string node_name;
+  uint32_t protocol_version = kExpertProtocolVersion;  // as PeerProtocolVersion reads it
 };
 
-// FAILED_PRECONDITION naming `address` and the first differing field (model_type, d_model,
-// n_layers, n_experts, config hash) when `info` is not a node of `config`'s model, or when it claims
-// a (layer, expert) outside the model.
+// FAILED_PRECONDITION naming `address` and both versions when the node speaks another expert
+// protocol version; naming the first differing field (model_type, d_model, n_layers, n_experts,
+// config hash) when `info` is not a node of `config`'s model; or when it claims a (layer, expert)
+// outside the model.
 absl::Status CheckSameModel(const ModelConfig& config, const std::string& address,
                             const ExpertNodeInfo& info);
 

@@ -24,6 +24,7 @@
 #include "phimoe/v1/expert.grpc.pb.h"
 #include "router/dispatch_plan.h"
 #include "router/placement.h"
+#include "router/protocol_version.h"
 #include "router/wire_codec.h"
 
 namespace phimoe::router {
@@ -83,6 +84,7 @@ ExpertNodeInfo FromProto(const pb::ExpertInfoResponse& r) {
     for (uint32_t e : le.experts()) info.served.emplace_back(le.layer(), e);
   }
   info.node_name = r.node_name();
+  info.protocol_version = PeerProtocolVersion(r.protocol_version());
   return info;
 }
 
@@ -91,8 +93,10 @@ absl::StatusOr<ExpertNodeInfo> CallInfo(pb::ExpertService::Stub* stub, absl::Dur
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   context.set_wait_for_ready(true);
+  pb::ExpertInfoRequest request;
+  request.set_protocol_version(kExpertProtocolVersion);
   pb::ExpertInfoResponse response;
-  grpc::Status s = stub->Info(&context, pb::ExpertInfoRequest(), &response);
+  grpc::Status s = stub->Info(&context, request, &response);
   if (!s.ok()) return FromGrpcStatus(s);
   return FromProto(response);
 }

@@ -343,6 +343,24 @@ TEST_F(ExpertServiceTest, OversizedMessageRefusedAndServerSurvives) {
   EXPECT_TRUE(stream->Finish().ok());
 }
 
+TEST_F(ExpertServiceTest, InfoRefusesAnotherProtocolVersionNamingBoth) {
+  for (uint32_t version : {0u, 1u, 2u}) {
+    grpc::ClientContext ctx;
+    v1::ExpertInfoRequest request;
+    request.set_protocol_version(version);
+    v1::ExpertInfoResponse info;
+    const grpc::Status s = stub_->Info(&ctx, request, &info);
+    if (version == 2) {
+      EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+      EXPECT_THAT(s.error_message(), HasSubstr("speaks expert protocol version 1; the caller "
+                                               "speaks version 2"));
+    } else {  // 0: a caller from before versions were sent, which speaks 1
+      EXPECT_TRUE(s.ok()) << version << ": " << s.error_message();
+      EXPECT_EQ(info.protocol_version(), 1u);
+    }
+  }
+}
+
 TEST_F(ExpertServiceTest, Info) {
   grpc::ClientContext ctx;
   v1::ExpertInfoResponse info;

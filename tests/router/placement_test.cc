@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/status_matchers.h"
 #include "gmock/gmock.h"
@@ -41,6 +42,22 @@ TEST(CheckSameModelTest, AcceptsANodeOfTheModel) {
   EXPECT_OK(CheckSameModel(c, "a:1", InfoFor(c, {})));
   // The model's corners, and duplicates, are fine.
   EXPECT_OK(CheckSameModel(c, "a:1", InfoFor(c, {{0, 0}, {1, 15}, {1, 15}, {0, 0}})));
+}
+
+TEST(CheckSameModelTest, RefusesAnotherProtocolVersionNamingBoth) {
+  const ModelConfig c = TinyConfig();
+  ExpertNodeInfo info = InfoFor(c, Block(0, 1, 0, 15));
+  EXPECT_EQ(info.protocol_version, kExpertProtocolVersion);
+  info.protocol_version = kExpertProtocolVersion + 1;
+  EXPECT_THAT(CheckSameModel(c, "a:1", info),
+              StatusIs(kPrecondition,
+                       HasSubstr(absl::StrCat("expert node a:1 speaks expert protocol version ",
+                                              kExpertProtocolVersion + 1,
+                                              "; this attention node speaks version ",
+                                              kExpertProtocolVersion))));
+  // A node from before versions were sent (0 on the wire) speaks version 1.
+  EXPECT_EQ(PeerProtocolVersion(0), 1u);
+  EXPECT_EQ(PeerProtocolVersion(7), 7u);
 }
 
 TEST(CheckSameModelTest, NamesEachDifferingFieldAndTheAddress) {

@@ -103,7 +103,9 @@ enum class Lie { kShortOutput, kHugeRowCount, kWrongId, kErrorCode, kUnknownDtyp
 
 class LyingExpertService final : public v1::ExpertService::CallbackService {
  public:
-  LyingExpertService(const ModelConfig& config, Lie lie) : config_(config), lie_(lie) {}
+  // `protocol_version` is what Info reports (0: a node from before versions were sent).
+  LyingExpertService(const ModelConfig& config, Lie lie, uint32_t protocol_version = 1)
+      : config_(config), lie_(lie), protocol_version_(protocol_version) {}
 
   grpc::ServerUnaryReactor* Info(grpc::CallbackServerContext* context,
                                  const v1::ExpertInfoRequest*,
@@ -115,6 +117,7 @@ class LyingExpertService final : public v1::ExpertService::CallbackService {
     m->set_n_layers(config_.n_layers);
     m->set_n_experts(config_.n_experts);
     m->set_vocab_size(config_.vocab_size);
+    response->set_protocol_version(protocol_version_);
     for (int64_t l = 0; l < config_.n_layers; ++l) {
       v1::LayerExperts* le = response->add_served();
       le->set_layer(static_cast<uint32_t>(l));
@@ -176,7 +179,47 @@ class LyingExpertService final : public v1::ExpertService::CallbackService {
  private:
   const ModelConfig config_;
   const Lie lie_;
+  const uint32_t protocol_version_;
 };
+
+// A node of another expert protocol version is refused at start-up naming both versions; a node
+// from before versions were sent (0) speaks version 1 and is used.
+TEST(RemoteDispatcherVersionTest, RefusesAnotherProtocolVersionAcceptsAnOlderUnversionedNode) {
+  ModelConfig config;
+  config.d_model = 16;
+  config.n_layers = 2;
+  config.n_heads = 2;
+  config.n_kv_heads = 1;
+  config.head_dim = 8;
+  config.d_ff = 32;
+  config.n_experts = 16;
+  config.top_k = 2;
+  config.vocab_size = 100;
+  for (uint32_t version : {0u, 2u}) {
+    SCOPED_TRACE(version);
+    LyingExpertService service(config, Lie::kWrongId, version);
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(&service);
+    std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+    ASSERT_NE(server, nullptr);
+    RemoteDispatcherOptions options;
+    options.expert_nodes = {"127.0.0.1:" + std::to_string(port)};
+    options.startup_timeout = absl::Seconds(5);
+    absl::StatusOr<std::unique_ptr<RemoteDispatcher>> remote = RemoteDispatcher::Create(config, options);
+    if (version == 0) {
+      EXPECT_OK(remote.status());
+    } else {
+      EXPECT_THAT(remote.status(),
+                  StatusIs(absl::StatusCode::kFailedPrecondition,
+                           HasSubstr("speaks expert protocol version 2; this attention node "
+                                     "speaks version 1")));
+    }
+    remote = absl::UnavailableError("done");  // the dispatcher goes before the server
+    server->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+  }
+}
 
 TEST(RemoteDispatcherLyingPeerTest, BadResponsesAreUnavailableNotReadPastTheirEnd) {
   ModelConfig config;
