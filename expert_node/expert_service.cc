@@ -18,6 +18,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
 #include "router/protocol_version.h"
 #include "router/wire_codec.h"
 
@@ -47,10 +48,11 @@ class ExpertServiceImpl::StreamReactor final
     : public grpc::ServerBidiReactor<v1::ExpertRequest, v1::ExpertResponse> {
  public:
   explicit StreamReactor(ExpertServiceImpl* service) : service_(service) {
-    if (!service_->Register(this)) {
+    if (absl::Status registered = service_->Register(this); !registered.ok()) {
       std::lock_guard<std::mutex> lock(mu_);
       reading_done_ = true;
-      FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "expert node is draining"));
+      refused_ = true;
+      FinishLocked(ToGrpcStatus(registered));
       return;
     }
     std::lock_guard<std::mutex> lock(mu_);
@@ -108,7 +110,7 @@ class ExpertServiceImpl::StreamReactor final
   }
 
   void OnDone() override {
-    service_->Unregister(this);
+    if (!refused_) service_->Unregister(this);
     { std::lock_guard<std::mutex> lock(mu_); }  // let any thread still inside a method leave
     delete this;
   }
@@ -195,6 +197,7 @@ class ExpertServiceImpl::StreamReactor final
   int64_t queued_ = 0;  // requests in the compute queue or being computed
   bool reading_ = false, reading_done_ = false, writing_ = false;
   bool draining_ = false, broken_ = false, finished_ = false;
+  bool refused_ = false;  // never registered (set in the constructor only)
   std::atomic<bool> cancelled_{false};
 };
 
@@ -218,11 +221,15 @@ void ExpertServiceImpl::set_node_name(std::string name) {
   node_name_ = std::move(name);
 }
 
-bool ExpertServiceImpl::Register(StreamReactor* stream) {
+absl::Status ExpertServiceImpl::Register(StreamReactor* stream) {
   std::lock_guard<std::mutex> lock(streams_mu_);
-  if (draining_) return false;
+  if (draining_) return absl::UnavailableError("expert node is draining");
+  if (static_cast<int64_t>(streams_.size()) >= options_.max_streams) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "expert node has ", streams_.size(), " Dispatch streams open, its limit (--max-streams)"));
+  }
   streams_.insert(stream);
-  return true;
+  return absl::OkStatus();
 }
 
 void ExpertServiceImpl::Unregister(StreamReactor* stream) {
@@ -312,11 +319,12 @@ absl::Status ExpertServiceImpl::Validate(const v1::ExpertRequest& r) const {
         absl::StrCat("token/expert/weight: arrays of different lengths (", r.token_size(), ", ",
                      r.expert_size(), ", ", r.weight_size(), ")"));
   }
+  // Each row goes to at most top_k experts (ExpertMessageLimit counts on it).
   if (static_cast<uint64_t>(r.token_size()) >
-      static_cast<uint64_t>(r.n_tokens()) * static_cast<uint64_t>(config.n_experts)) {
+      static_cast<uint64_t>(r.n_tokens()) * static_cast<uint64_t>(config.top_k)) {
     return absl::InvalidArgumentError(absl::StrCat("token: ", r.token_size(), " assignments for ",
-                                                   r.n_tokens(),
-                                                   " tokens exceed n_tokens x n_experts"));
+                                                   r.n_tokens(), " tokens exceed n_tokens x top_k (",
+                                                   config.top_k, ")"));
   }
   const ExpertSet& hosted = compute_->experts();
   for (int i = 0; i < r.token_size(); ++i) {
@@ -398,6 +406,21 @@ v1::ExpertResponse ExpertServiceImpl::Compute(const v1::ExpertRequest& r) {
   router::wire::EncodeValues(r.dtype(), out_f32_.data(), n_values, response.mutable_output());
   response.set_compute_ns(NowNs() - start);
   return response;
+}
+
+int64_t DefaultMaxTokens(const ModelConfig& config) {
+  const int64_t row_bytes = std::max<int64_t>(1, config.d_model) * static_cast<int64_t>(sizeof(float));
+  return std::clamp<int64_t>((int64_t{128} << 20) / row_bytes, 1, 65536);
+}
+
+int64_t ExpertMessageLimit(const ModelConfig& config, int64_t max_tokens) {
+  // Per row: its f32 values; per assignment (top_k a row) at most 5 + 5 bytes of varints and a
+  // 4-byte float in the packed token/expert/weight arrays. Plus the scalar fields and the three
+  // length-prefixed fields' headers (<= 11 bytes each), generously.
+  const int64_t per_row = config.d_model * static_cast<int64_t>(sizeof(float)) + config.top_k * 14;
+  const int64_t fixed = 4096;
+  if (max_tokens > (int64_t{INT32_MAX} - fixed) / std::max<int64_t>(per_row, 1)) return INT32_MAX;
+  return max_tokens * per_row + fixed;
 }
 
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartExpertServer(ExpertServiceImpl* service,

@@ -31,6 +31,7 @@ struct ExpertServiceOptions {
   std::string node_name;                 // Info's node_name
   int64_t max_tokens = 65536;            // largest n_tokens accepted in one request
   int64_t max_inflight_per_stream = 64;  // requests read but not yet answered; reads pause beyond
+  int64_t max_streams = 256;             // open Dispatch streams; more are RESOURCE_EXHAUSTED
   ExpertMetrics* metrics = nullptr;      // must outlive the service; null: none
 };
 
@@ -70,8 +71,9 @@ class ExpertServiceImpl final : public v1::ExpertService::CallbackService {
   void Enqueue(Work work);
   void WorkerLoop();
   v1::ExpertResponse Compute(const v1::ExpertRequest& request);
-  // Registry of open streams (for draining). Returns false when draining (stream refused).
-  bool Register(StreamReactor* stream);
+  // Registry of open streams (for draining). UNAVAILABLE when draining, RESOURCE_EXHAUSTED when
+  // max_streams are open (the stream is then refused with that status).
+  absl::Status Register(StreamReactor* stream);
   void Unregister(StreamReactor* stream);
 
   ExpertCompute* compute_;
@@ -92,6 +94,15 @@ class ExpertServiceImpl final : public v1::ExpertService::CallbackService {
   bool draining_ = false;
   std::string node_name_;  // guarded by streams_mu_
 };
+
+// The largest n_tokens worth accepting by default: what the attention side's dispatcher ever sends
+// in one message (its hidden rows stay under 128 MiB), at most 65536.
+int64_t DefaultMaxTokens(const ModelConfig& config);
+
+// The largest valid ExpertRequest or ExpertResponse of `config`'s model with at most `max_tokens`
+// rows (f32 rows, top_k assignments per row, field headers), capped at INT32_MAX: the gRPC message
+// limit a node needs, so that nothing larger is ever buffered.
+int64_t ExpertMessageLimit(const ModelConfig& config, int64_t max_tokens);
 
 struct ExpertServerOptions {
   std::string listen = "127.0.0.1:0";

@@ -60,15 +60,15 @@ uint64_t Prefault(const Checkpoint& checkpoint, const ExpertSet& experts) {
 
 int Main(int argc, char** argv) {
   std::string model_dir, spec, listen, node_name, precision_text = "fp32", metrics_listen;
-  int64_t max_message_bytes = 256ll << 20, max_tokens = 65536;
+  int64_t max_message_bytes = 0, max_tokens = 0, max_streams = 256;
   double drain_seconds = 30;
   bool prefault = false;
   CommonFlags common;
   FlagParser flags(
       kProgram,
       "--model DIR --experts SPEC --listen ADDR [--threads N] [--device cpu] "
-      "[--precision fp32|bf16]\n    [--node-name S] [--max-message-bytes N] [--drain-seconds S] "
-      "[--prefault]",
+      "[--precision fp32|bf16]\n    [--node-name S] [--max-tokens N] [--max-message-bytes N] "
+      "[--max-streams N] [--drain-seconds S] [--prefault]",
       "Expert node of the phimoe mesh: hosts the SwiGLU expert FFNs named by --experts (only\n"
       "their tensors are mapped) and serves phimoe.v1.ExpertService (a bidirectional Dispatch\n"
       "stream per attention node, and Info), grpc.health.v1 and server reflection.\n"
@@ -85,9 +85,15 @@ int Main(int argc, char** argv) {
                   "activation precision of the matrix products: fp32 (reference) or bf16");
   flags.AddString("node-name", &node_name,
                   "name reported by Info [default: HOST:PORT listened on]");
+  flags.AddInt("max-tokens", &max_tokens,
+               "largest n_tokens accepted in one request (0: what an attention node ever sends "
+               "for this model, at most 65536)");
   flags.AddInt("max-message-bytes", &max_message_bytes,
-               "largest gRPC message accepted or sent; larger ones fail with RESOURCE_EXHAUSTED");
-  flags.AddInt("max-tokens", &max_tokens, "largest n_tokens accepted in one request");
+               "largest gRPC message accepted or sent; larger ones fail with RESOURCE_EXHAUSTED "
+               "before they are buffered (0: the largest valid message of --max-tokens rows of "
+               "this model)");
+  flags.AddInt("max-streams", &max_streams,
+               "open Dispatch streams at most; more are refused with RESOURCE_EXHAUSTED");
   flags.AddDouble("drain-seconds", &drain_seconds,
                   "on SIGTERM, how long queued work may take before streams are cut");
   flags.AddBool("prefault", &prefault,
@@ -100,10 +106,11 @@ int Main(int argc, char** argv) {
   if (listen.empty() || listen.rfind(':') == std::string::npos) {
     return Fail("--listen HOST:PORT is required (see --help)", 2);
   }
-  if (max_message_bytes < 1024 || max_message_bytes > INT32_MAX) {
-    return Fail("--max-message-bytes must be between 1024 and 2147483647", 2);
+  if (max_message_bytes != 0 && (max_message_bytes < 1024 || max_message_bytes > INT32_MAX)) {
+    return Fail("--max-message-bytes must be 0 (derived) or between 1024 and 2147483647", 2);
   }
-  if (max_tokens < 1) return Fail("--max-tokens must be at least 1", 2);
+  if (max_tokens < 0) return Fail("--max-tokens must be >= 0 (0: derived from the model)", 2);
+  if (max_streams < 1) return Fail("--max-streams must be at least 1", 2);
   if (!(drain_seconds >= 0)) return Fail("--drain-seconds must be >= 0", 2);
   if (common.threads < 0) return Fail("--threads must be >= 0", 2);
   auto precision = kernels::ParsePrecision(precision_text);
@@ -144,7 +151,10 @@ int Main(int argc, char** argv) {
   ExpertServiceOptions service_options;
   service_options.metrics = metrics.get();
   service_options.node_name = node_name;
+  if (max_tokens == 0) max_tokens = DefaultMaxTokens(*config);
+  if (max_message_bytes == 0) max_message_bytes = ExpertMessageLimit(*config, max_tokens);
   service_options.max_tokens = max_tokens;
+  service_options.max_streams = max_streams;
   ExpertServiceImpl service(compute->get(), service_options);
   ExpertServerOptions server_options;
   server_options.listen = listen;
@@ -153,9 +163,13 @@ int Main(int argc, char** argv) {
   auto server = StartExpertServer(&service, server_options, &address);
   if (!server.ok()) return Fail(server.status().ToString());
   if (node_name.empty()) service.set_node_name(address);
-  std::fprintf(stderr, "%s: serving %lld (layer, expert) pairs of %s on %s (%s, %s)\n", kProgram,
-               static_cast<long long>(experts->count()), model_dir.c_str(), address.c_str(),
-               (*backend)->name().c_str(), precision_text.c_str());
+  std::fprintf(stderr,
+               "%s: serving %lld (layer, expert) pairs of %s on %s (%s, %s); requests of up to "
+               "%lld tokens, messages of up to %lld bytes, %lld streams\n",
+               kProgram, static_cast<long long>(experts->count()), model_dir.c_str(),
+               address.c_str(), (*backend)->name().c_str(), precision_text.c_str(),
+               static_cast<long long>(max_tokens), static_cast<long long>(max_message_bytes),
+               static_cast<long long>(max_streams));
   if (metrics_server != nullptr) std::printf("metrics on %s\n", metrics_server->address().c_str());
   std::printf("listening on %s\n", address.c_str());
   std::fflush(stdout);

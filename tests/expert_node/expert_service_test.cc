@@ -179,6 +179,106 @@ class ExpertServiceTest : public ::testing::Test {
   std::unique_ptr<v1::ExpertService::Stub> stub_;
 };
 
+// The derived message limit holds the largest valid request and response of the model (every
+// field at its widest), and the default max_tokens follows what a dispatcher ever sends.
+TEST_F(ExpertServiceTest, MessageLimitHoldsTheLargestValidMessages) {
+  EXPECT_EQ(DefaultMaxTokens(config_), 65536);  // d_model 64: 256-byte rows
+  ModelConfig full = config_;
+  full.d_model = 4096;
+  EXPECT_EQ(DefaultMaxTokens(full), 8192);      // 16 KiB rows under 128 MiB
+  EXPECT_EQ(ExpertMessageLimit(full, 1 << 20), INT32_MAX);
+  for (int64_t max_tokens : {int64_t{0}, int64_t{1}, int64_t{7}, int64_t{300}}) {
+    const int64_t limit = ExpertMessageLimit(config_, max_tokens);
+    v1::ExpertRequest r;
+    r.set_request_id(std::numeric_limits<uint64_t>::max());
+    r.set_layer(std::numeric_limits<uint32_t>::max());
+    r.set_n_tokens(static_cast<uint32_t>(max_tokens));
+    r.set_dtype(v1::DTYPE_F32);
+    r.mutable_hidden()->assign(static_cast<size_t>(max_tokens * config_.d_model * 4), 'x');
+    for (int64_t i = 0; i < max_tokens * config_.top_k; ++i) {
+      r.add_token(std::numeric_limits<uint32_t>::max());
+      r.add_expert(std::numeric_limits<uint32_t>::max());
+      r.add_weight(1.0f);
+    }
+    EXPECT_LE(static_cast<int64_t>(r.ByteSizeLong()), limit) << max_tokens;
+    v1::ExpertResponse out;
+    out.set_request_id(std::numeric_limits<uint64_t>::max());
+    out.set_n_tokens(std::numeric_limits<uint32_t>::max());
+    out.set_dtype(v1::DTYPE_F32);
+    out.mutable_output()->assign(static_cast<size_t>(max_tokens * config_.d_model * 4), 'x');
+    out.set_compute_ns(std::numeric_limits<int64_t>::max());
+    EXPECT_LE(static_cast<int64_t>(out.ByteSizeLong()), limit) << max_tokens;
+    // Not wildly more than needed: within 4 KiB of the request.
+    EXPECT_LE(limit - static_cast<int64_t>(r.ByteSizeLong()), 4096 + 14 * max_tokens) << max_tokens;
+  }
+}
+
+// A node started with the derived limits: a request of max_tokens rows is served, a larger message
+// is refused by gRPC before it is buffered, and streams beyond --max-streams are refused.
+TEST_F(ExpertServiceTest, DerivedLimitsAndStreamCap) {
+  const int64_t max_tokens = 16;
+  ExpertServiceOptions options;
+  options.max_tokens = max_tokens;
+  options.max_streams = 2;
+  ExpertServiceImpl service(compute_.get(), options);
+  ExpertServerOptions server_options;
+  server_options.max_message_bytes = ExpertMessageLimit(config_, max_tokens);
+  std::string address;
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<grpc::Server> server,
+                       StartExpertServer(&service, server_options, &address));
+  grpc::ChannelArguments args;
+  args.SetMaxSendMessageSize(-1);
+  args.SetMaxReceiveMessageSize(-1);
+  auto stub = v1::ExpertService::NewStub(
+      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+
+  // Two streams: each served a request of max_tokens rows.
+  grpc::ClientContext ctx1, ctx2;
+  std::unique_ptr<Stream> s1 = stub->Dispatch(&ctx1), s2 = stub->Dispatch(&ctx2);
+  const Case full = MakeCase(config_.d_model, 5, max_tokens);
+  v1::ExpertResponse r;
+  for (Stream* s : {s1.get(), s2.get()}) {
+    ASSERT_TRUE(s->Write(ToRequest(1, full, v1::DTYPE_F32)));
+    ASSERT_TRUE(s->Read(&r));
+    ExpectResult(r, 1, full, v1::DTYPE_F32);
+  }
+  // A third stream is refused while two are open.
+  {
+    grpc::ClientContext ctx3;
+    std::unique_ptr<Stream> s3 = stub->Dispatch(&ctx3);
+    s3->Write(ToRequest(1, full, v1::DTYPE_F32));
+    EXPECT_FALSE(s3->Read(&r));
+    const grpc::Status st = s3->Finish();
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << st.error_message();
+    EXPECT_THAT(st.error_message(), HasSubstr("--max-streams"));
+  }
+  // A message over the limit (4x the rows) ends its stream with RESOURCE_EXHAUSTED.
+  const Case big = MakeCase(config_.d_model, 6, 4 * max_tokens);
+  s1->Write(ToRequest(2, big, v1::DTYPE_F32));
+  EXPECT_FALSE(s1->Read(&r));
+  EXPECT_EQ(s1->Finish().error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  // That stream is gone, so a new one is accepted (once the server has seen it end).
+  std::unique_ptr<grpc::ClientContext> ctx4;
+  std::unique_ptr<Stream> s4;
+  for (int attempt = 0; attempt < 100 && s4 == nullptr; ++attempt) {
+    ctx4 = std::make_unique<grpc::ClientContext>();
+    std::unique_ptr<Stream> s = stub->Dispatch(ctx4.get());
+    if (s->Write(ToRequest(3, full, v1::DTYPE_F32)) && s->Read(&r)) {
+      s4 = std::move(s);
+    } else {
+      s->Finish();
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  ASSERT_NE(s4, nullptr);
+  ExpectResult(r, 3, full, v1::DTYPE_F32);
+  for (Stream* s : {s2.get(), s4.get()}) {
+    s->WritesDone();
+    EXPECT_TRUE(s->Finish().ok());
+  }
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+}
+
 TEST_F(ExpertServiceTest, F32AndBf16MatchCompute) {
   grpc::ClientContext ctx;
   std::unique_ptr<Stream> stream = stub_->Dispatch(&ctx);
