@@ -182,9 +182,8 @@ class LyingExpertService final : public v1::ExpertService::CallbackService {
   const uint32_t protocol_version_;
 };
 
-// A node of another expert protocol version is refused at start-up naming both versions; a node
-// from before versions were sent (0) speaks version 1 and is used.
-TEST(RemoteDispatcherVersionTest, RefusesAnotherProtocolVersionAcceptsAnOlderUnversionedNode) {
+// The small model the in-process fake nodes below serve (no checkpoint needed).
+ModelConfig LyingPeerConfig() {
   ModelConfig config;
   config.d_model = 16;
   config.n_layers = 2;
@@ -195,6 +194,13 @@ TEST(RemoteDispatcherVersionTest, RefusesAnotherProtocolVersionAcceptsAnOlderUnv
   config.n_experts = 16;
   config.top_k = 2;
   config.vocab_size = 100;
+  return config;
+}
+
+// A node of another expert protocol version is refused at start-up naming both versions; a node
+// from before versions were sent (0) speaks version 1 and is used.
+TEST(RemoteDispatcherVersionTest, RefusesAnotherProtocolVersionAcceptsAnOlderUnversionedNode) {
+  const ModelConfig config = LyingPeerConfig();
   for (uint32_t version : {0u, 2u}) {
     SCOPED_TRACE(version);
     LyingExpertService service(config, Lie::kWrongId, version);
@@ -222,16 +228,7 @@ TEST(RemoteDispatcherVersionTest, RefusesAnotherProtocolVersionAcceptsAnOlderUnv
 }
 
 TEST(RemoteDispatcherLyingPeerTest, BadResponsesAreUnavailableNotReadPastTheirEnd) {
-  ModelConfig config;
-  config.d_model = 16;
-  config.n_layers = 2;
-  config.n_heads = 2;
-  config.n_kv_heads = 1;
-  config.head_dim = 8;
-  config.d_ff = 32;
-  config.n_experts = 16;
-  config.top_k = 2;
-  config.vocab_size = 100;
+  const ModelConfig config = LyingPeerConfig();
   const std::vector<std::pair<Lie, std::string>> lies = {
       {Lie::kShortOutput, "output: 191 bytes, but 3 rows x d_model 16 x 4 bytes (f32) = 192"},
       {Lie::kHugeRowCount, "answered 1073741824 rows for a request of 3"},
