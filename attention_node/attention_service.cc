@@ -408,6 +408,8 @@ grpc::ServerUnaryReactor* AttentionService::Capacity(grpc::CallbackServerContext
   response->set_block_size(engine_->block_size());
   response->set_max_seq_len(engine_->options().max_seq_len);
   response->set_running_sequences(snapshot_running_.load());
+  response->set_experts_unavailable(options_.experts_available != nullptr &&
+                                    !options_.experts_available());
   phimoe::v1::ModelIdentity* model = response->mutable_model();
   model->set_model_type(cfg.model_type);
   model->set_config_hash(cfg.Hash());

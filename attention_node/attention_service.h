@@ -58,6 +58,8 @@ class StepGuardDispatcher : public router::ExpertDispatcher {
 };
 
 struct AttentionServiceOptions {
+  // Whether every expert is reachable now (Capacity's experts_unavailable); null: always.
+  std::function<bool()> experts_available;
   int64_t max_step_items = 4096;     // sequences in one StepRequest
   AttentionMetrics* metrics = nullptr;  // steps and KV occupancy; must outlive the service
 };

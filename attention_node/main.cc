@@ -154,6 +154,8 @@ int Main(int argc, char** argv) {
   if (!engine.ok()) return Fail(1, engine.status().ToString());
   AttentionServiceOptions service_options;
   service_options.metrics = metrics.get();
+  router::RemoteDispatcher* dispatcher = remote->get();
+  service_options.experts_available = [dispatcher] { return dispatcher->AllExpertsServed(); };
   AttentionService service(engine->get(), &guard, service_options);
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -165,8 +167,14 @@ int Main(int argc, char** argv) {
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) return Fail(1, "cannot listen on " + listen);
 
-  (*remote)->SetServingCallback([&health](bool serving) { health.Set(serving); });
-  router::RemoteDispatcher* dispatcher = remote->get();
+  (*remote)->SetServingCallback([&health](bool serving) {
+    std::fprintf(stderr,
+                 serving ? "%s: every expert is reachable again: SERVING\n"
+                         : "%s: some expert has no reachable expert node: NOT_SERVING (steps "
+                           "fail with UNAVAILABLE until one is back)\n",
+                 kProgram);
+    health.Set(serving);
+  });
   health.Attach(server->GetHealthCheckService(),
                 [dispatcher] { return dispatcher->AllExpertsServed(); });
 

@@ -54,21 +54,33 @@ absl::Status Gateway::Submit(std::shared_ptr<Request> request) {
     }
   } while (!queued_.compare_exchange_weak(q, q + 1));
 
-  // Least loaded node that is up; ties are broken round-robin, so that idle nodes share the
-  // requests of a light load too.
+  // Least loaded node that is serving (up, every expert reachable); ties are broken round-robin,
+  // so that idle nodes share the requests of a light load too. A request nothing can serve now
+  // fails at once with UNAVAILABLE instead of waiting for a node to come back.
   NodeWorker* best = nullptr;
+  bool any_up = false;
   const size_t n = workers_.size();
   const size_t first = n == 0 ? 0 : static_cast<size_t>(next_node_.fetch_add(1) % n);
   for (size_t i = 0; i < n; ++i) {
     NodeWorker* w = workers_[(first + i) % n].get();
-    if (!w->up()) continue;
+    any_up = any_up || w->up();
+    if (!w->serving()) continue;
     if (best == nullptr || w->load() < best->load()) best = w;
   }
-  absl::Status s = best == nullptr
-                       ? absl::UnavailableError("no attention node is reachable; retry later")
-                       : best->Submit(std::move(request));
+  absl::Status s =
+      best != nullptr ? best->Submit(std::move(request))
+      : any_up ? absl::UnavailableError(
+                     "no attention node can serve now: some expert has no reachable expert node; "
+                     "retry later")
+               : absl::UnavailableError("no attention node is reachable; retry later");
   if (!s.ok()) queued_.fetch_sub(1);
   return s;
+}
+
+int Gateway::nodes_serving() const {
+  int n = 0;
+  for (const auto& w : workers_) n += w->serving() ? 1 : 0;
+  return n;
 }
 
 int Gateway::nodes_up() const {

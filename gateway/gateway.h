@@ -48,6 +48,8 @@ class Gateway {
 
   int nodes() const { return static_cast<int>(workers_.size()); }
   int nodes_up() const;
+  // Nodes up with every expert reachable: what health reports (SERVING while > 0).
+  int nodes_serving() const;
   int64_t queued() const { return queued_.load(); }
   // Requests accepted and not finished (queued ones included).
   int64_t in_flight() const;

@@ -98,7 +98,8 @@ int Main(int argc, char** argv) {
       "takes the running sequences plus prompt chunks under --max-step-tokens, within the node's\n"
       "free KV blocks, preempting the newest by recompute when blocks run out. Output streams as\n"
       "it is produced; stop rules: the model's eos ids, stop strings and ids, max_tokens, the\n"
-      "context length. Health is SERVING while some attention node is up. With --listen HOST:0 a\n"
+      "context length. Health is SERVING while some attention node is up with every expert\n"
+      "reachable (otherwise new requests fail at once with UNAVAILABLE). With --listen HOST:0 a\n"
       "free port is chosen; once serving, `listening on HOST:PORT` is printed on stdout.\n"
       "SIGTERM or SIGINT: stop admitting, let running requests finish for --drain-grace-seconds,\n"
       "cancel the rest (finish reason CANCELLED), exit 0.");
@@ -214,7 +215,7 @@ int Main(int argc, char** argv) {
   // background either way; health says when one is up).
   const absl::Time wait_until = absl::Now() + absl::Seconds(10);
   while (gateway.nodes_up() == 0 && absl::Now() < wait_until) absl::SleepFor(absl::Milliseconds(20));
-  bool serving = gateway.nodes_up() > 0;
+  bool serving = gateway.nodes_serving() > 0;
   health->SetServingStatus(serving);
   std::fprintf(stderr, "%s: serving %s with %d/%d attention node(s) up\n", kProgram,
                model_dir.c_str(), gateway.nodes_up(), gateway.nodes());
@@ -230,7 +231,7 @@ int Main(int argc, char** argv) {
     o.max_body_bytes = max_prompt_bytes * 2 + (1 << 20);
     o.tokenizer = tok->get();
     auto started = OpenAiServer::Start(
-        o, &service, [&gateway] { return gateway.nodes_up() > 0 && !gateway.draining(); });
+        o, &service, [&gateway] { return gateway.nodes_serving() > 0 && !gateway.draining(); });
     if (!started.ok()) return Fail(1, started.status().ToString());
     http = std::move(*started);
     std::printf("http listening on %s:%d\n", http_listen.substr(0, http_listen.rfind(':')).c_str(),
@@ -247,7 +248,7 @@ int Main(int argc, char** argv) {
     if (metrics != nullptr) {
       metrics->SetRequests(gateway.in_flight() - gateway.queued(), gateway.queued());
     }
-    const bool now_serving = gateway.nodes_up() > 0;
+    const bool now_serving = gateway.nodes_serving() > 0;
     if (now_serving != serving) {
       serving = now_serving;
       health->SetServingStatus(serving);

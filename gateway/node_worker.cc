@@ -109,7 +109,7 @@ bool NodeWorker::Probe() {
   config.block_size = response.block_size();
   config.total_blocks = response.total_blocks();
   scheduler_ = std::make_unique<Scheduler>(config);
-  free_blocks_ = response.free_blocks();
+  NoteCapacity(response);
   {
     std::lock_guard<std::mutex> lock(mu_);
     info_.total_blocks = response.total_blocks();
@@ -161,8 +161,15 @@ void NodeWorker::Loop() {
     Sweep();
     if (!up_.load()) continue;
     if (!RunIteration()) {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [this] { return stopping_ || cancel_all_ || !inbox_.empty(); });
+      bool woken;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        woken = cv_.wait_for(lock, absl::ToChronoNanoseconds(options_.probe_interval),
+                             [this] { return stopping_ || cancel_all_ || !inbox_.empty(); });
+      }
+      // Idle: look at the node now and then, so that health follows it (a node gone, or its
+      // experts unreachable) before the next request finds out.
+      if (!woken) PollIdle();
     }
   }
   // Stopping: whatever is left ends as retryable; its KV is released (best effort).
@@ -182,6 +189,28 @@ void NodeWorker::Loop() {
   for (uint64_t id : ids) FinishRequest(id, FinishReason::kError, gone);
   if (up_.load() && !to_release_.empty()) (void)ReleaseOnNode(to_release_);
   to_release_.clear();
+}
+
+void NodeWorker::NoteCapacity(const phimoe::v1::CapacityResponse& response) {
+  free_blocks_ = response.free_blocks();
+  const bool unavailable = response.experts_unavailable();
+  if (experts_unavailable_.exchange(unavailable) != unavailable) {
+    std::fprintf(stderr,
+                 unavailable ? "phimoe-gateway: attention node %s reports experts unreachable; "
+                               "new requests go elsewhere or fail with UNAVAILABLE\n"
+                             : "phimoe-gateway: attention node %s has every expert again\n",
+                 options_.address.c_str());
+  }
+}
+
+void NodeWorker::PollIdle() {
+  absl::StatusOr<phimoe::v1::CapacityResponse> cap =
+      client_->Capacity(phimoe::v1::CapacityRequest(), absl::Now() + absl::Seconds(2));
+  if (cap.ok()) {
+    NoteCapacity(*cap);
+  } else {
+    FailAll(cap.status());  // nothing runs; marks the node down until a probe succeeds
+  }
 }
 
 void NodeWorker::Intake() {
@@ -336,7 +365,7 @@ bool NodeWorker::RunIteration() {
       // them): look again shortly, or when something happens.
       absl::StatusOr<phimoe::v1::CapacityResponse> cap =
           client_->Capacity(phimoe::v1::CapacityRequest(), absl::Now() + absl::Seconds(2));
-      if (cap.ok()) free_blocks_ = cap->free_blocks();
+      if (cap.ok()) NoteCapacity(*cap);
       WaitForWork(absl::Milliseconds(50));
     }
     return true;
@@ -364,7 +393,10 @@ bool NodeWorker::RunIteration() {
     return true;
   }
   // Is the node itself there? (An unreachable expert is UNAVAILABLE from a reachable node.)
-  if (!client_->Capacity(phimoe::v1::CapacityRequest(), absl::Now() + absl::Seconds(2)).ok()) {
+  absl::StatusOr<phimoe::v1::CapacityResponse> cap =
+      client_->Capacity(phimoe::v1::CapacityRequest(), absl::Now() + absl::Seconds(2));
+  if (cap.ok()) NoteCapacity(*cap);
+  if (!cap.ok()) {
     // The step may have run with only its answer lost: this step's admissions are released with
     // the rest when the node is back.
     std::vector<uint64_t> on_node = admitting;

@@ -82,6 +82,8 @@ class NodeWorker {
   // Requests on this node not yet finished (for least-loaded placement).
   int64_t load() const { return load_.load(); }
   bool up() const { return up_.load(); }
+  // Up, and its last Capacity said every expert is reachable (steps can succeed).
+  bool serving() const { return up_.load() && !experts_unavailable_.load(); }
   NodeInfo info() const;
   const std::string& address() const { return options_.address; }
 
@@ -93,6 +95,9 @@ class NodeWorker {
  private:
   void Loop();
   bool Probe();                  // Capacity; true when up and serving our model
+  // Takes a Capacity answer in: free blocks, and whether the node's experts are reachable.
+  void NoteCapacity(const phimoe::v1::CapacityResponse& response);
+  void PollIdle();               // Capacity while idle; the node is marked lost when it fails
   void Intake();                 // inbox → scheduler
   void Sweep();                  // cancelled, expired, told to cancel
   bool RunIteration();           // false when there was nothing to do
@@ -115,6 +120,7 @@ class NodeWorker {
   std::unique_ptr<AttentionNodeClient> client_;  // worker thread only
 
   std::atomic<bool> up_{false};
+  std::atomic<bool> experts_unavailable_{false};
   std::atomic<int64_t> load_{0};
 
   mutable std::mutex mu_;

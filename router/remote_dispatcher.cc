@@ -12,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <deque>
 #include <mutex>
 #include <optional>
@@ -310,6 +311,10 @@ std::shared_ptr<NodeStream> Core::MarkDownLocked(int32_t node,
   if (placement.IsUp(node)) {
     placement.SetUp(node, false);
     ++stats.node_down_events;
+    // A log line per event (rare; stderr is unbuffered, so this does not wait on I/O for long).
+    if (!shutting_down) {
+      std::fprintf(stderr, "expert node %s down: %s\n", n.address.c_str(), reason.c_str());
+    }
     if (DispatchObserver* obs = observer.load(); obs != nullptr) obs->OnNodeUp(n.address, false);
     n.last_error = reason;
     n.backoff = kInitialBackoff;
@@ -334,7 +339,10 @@ void Core::OpenStream(int32_t node,
     n.last_error.clear();
     placement.SetServed(node, served);
     placement.SetUp(node, true);
-    if (count_up_event) ++stats.node_up_events;
+    if (count_up_event) {
+      ++stats.node_up_events;
+      std::fprintf(stderr, "expert node %s up again\n", n.address.c_str());
+    }
     if (DispatchObserver* obs = observer.load(); obs != nullptr) obs->OnNodeUp(n.address, true);
     stub = n.stub.get();
   }

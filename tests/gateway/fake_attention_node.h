@@ -75,6 +75,11 @@ class FakeAttentionNode final : public AttentionNodeClient {
     step_error_ = std::move(status);
   }
   // While down, every call fails with UNAVAILABLE (the node's state is kept: a partition).
+  // What Capacity says of the node's experts (experts_unavailable).
+  void SetExpertsUnavailable(bool unavailable) {
+    std::lock_guard<std::mutex> lock(mu_);
+    experts_unavailable_ = unavailable;
+  }
   void SetDown(bool down) {
     std::lock_guard<std::mutex> lock(mu_);
     down_ = down;
@@ -158,6 +163,7 @@ class FakeAttentionNode final : public AttentionNodeClient {
     response.set_block_size(options_.block_size);
     response.set_max_seq_len(options_.max_seq_len);
     response.set_running_sequences(static_cast<int64_t>(seqs_.size()));
+    response.set_experts_unavailable(experts_unavailable_);
     return response;
   }
 
@@ -253,6 +259,7 @@ class FakeAttentionNode final : public AttentionNodeClient {
   std::deque<Scripted> script_;
   absl::Status step_error_;
   bool down_ = false;
+  bool experts_unavailable_ = false;
   int64_t foreign_blocks_ = 0;
   bool hold_next_ = false;
   int held_ = -1;

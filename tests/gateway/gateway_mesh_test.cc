@@ -605,6 +605,52 @@ TEST_F(GatewayMeshTest, LostAttentionNodeFailsItsRequestsThenRecovers) {
   EXPECT_EQ(again.ids.size(), 3u);
 }
 
+// An expert node without a replica goes away: the attention node turns NOT_SERVING, and so does
+// the gateway (it serves nothing now); a new request fails at once with UNAVAILABLE instead of
+// waiting for the node. The expert node back on its address: SERVING again, requests work.
+TEST_F(GatewayMeshTest, LostExpertNodeMakesTheGatewayNotServingAndFailsNewRequestsFast) {
+  const int port = FreePort();
+  ASSERT_GT(port, 0);
+  const std::string expert_listen = absl::StrCat("127.0.0.1:", port);
+  auto start_expert = [&] {
+    return ChildProcess::StartServer(kBin + "/phimoe-expert-node",
+                                     {"--model", kTiny, "--experts", "0-15", "--listen",
+                                      expert_listen, "--threads", "1"});
+  };
+  auto expert = start_expert();
+  ASSERT_TRUE(expert.ok()) << expert.status();
+  auto node = ChildProcess::StartServer(
+      kBin + "/phimoe-attention-node",
+      {"--model", kTiny, "--expert-nodes", expert_listen, "--listen", "127.0.0.1:0",
+       "--kv-blocks", "64", "--block-size", "4", "--threads", "1"});
+  ASSERT_TRUE(node.ok()) << node.status();
+  auto g = ChildProcess::StartServer(
+      kBin + "/phimoe-gateway", {"--model", kTiny, "--tokenizer", kTokenizer, "--attention-nodes",
+                                 (*node)->address(), "--listen", "127.0.0.1:0"});
+  ASSERT_TRUE(g.ok()) << g.status();
+  auto stub = v1::InferenceService::NewStub(
+      grpc::CreateChannel((*g)->address(), grpc::InsecureChannelCredentials()));
+  ASSERT_TRUE(WaitForHealth((*g)->address(), 1, std::chrono::seconds(10)));
+  ASSERT_TRUE(Generate({1, 2, 3}, 3, 0, stub.get()).status.ok());
+
+  (*expert)->Kill();
+  EXPECT_TRUE(WaitForHealth((*node)->address(), 2, std::chrono::seconds(10)));
+  EXPECT_TRUE(WaitForHealth((*g)->address(), 2, std::chrono::seconds(10)));
+  // Within Generate's 60 s deadline: a wait for the node would end DEADLINE_EXCEEDED.
+  const Output refused = Generate({1, 2, 3}, 3, 0, stub.get());
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << refused.status.error_message();
+  EXPECT_NE(refused.status.error_message().find("expert"), std::string::npos)
+      << refused.status.error_message();
+
+  expert = start_expert();
+  ASSERT_TRUE(expert.ok()) << expert.status();
+  EXPECT_TRUE(WaitForHealth((*g)->address(), 1, std::chrono::seconds(15)));
+  const Output again = Generate({1, 2, 3}, 3, 0, stub.get());
+  EXPECT_TRUE(again.status.ok()) << again.status.error_message();
+  EXPECT_EQ(again.ids.size(), 3u);
+}
+
 // Server reflection (what grpcurl uses), through the generic async stub: ListServices.
 TEST_F(GatewayMeshTest, ServerReflectionListsThePublicApi) {
   auto channel = grpc::CreateChannel(gateway_->address(), grpc::InsecureChannelCredentials());

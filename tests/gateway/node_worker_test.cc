@@ -217,6 +217,25 @@ class NodeWorkerTest : public ::testing::Test {
   std::unique_ptr<NodeWorker> worker_;
 };
 
+// With nothing to run the worker still looks at its node: serving() follows the node's experts,
+// and a node that goes away is noticed (down) without a request having to find out.
+TEST_F(NodeWorkerTest, IdleWorkerFollowsTheNodesExpertsAndNoticesALostNode) {
+  Start();
+  EXPECT_TRUE(worker_->serving());
+  node_->SetExpertsUnavailable(true);
+  ASSERT_TRUE(Eventually([this] { return !worker_->serving(); }));
+  EXPECT_TRUE(worker_->up());  // the node answers; only its experts are missing
+  node_->SetExpertsUnavailable(false);
+  ASSERT_TRUE(Eventually([this] { return worker_->serving(); }));
+  node_->SetDown(true);
+  ASSERT_TRUE(Eventually([this] { return !worker_->up(); }));
+  EXPECT_FALSE(worker_->serving());
+  EXPECT_EQ(observer_.downs.load(), 1);
+  node_->SetDown(false);
+  ASSERT_TRUE(Eventually([this] { return worker_->serving(); }));
+  EXPECT_EQ(observer_.ups.load(), 2);
+}
+
 TEST_F(NodeWorkerTest, AdmissionTravelsInsideTheStepAndTokensStreamUntilAStopRule) {
   Start();
   Started a = Submit({11, 12, 13}, 4);
