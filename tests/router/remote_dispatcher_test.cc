@@ -197,6 +197,17 @@ ModelConfig LyingPeerConfig() {
   return config;
 }
 
+// Serves `service` in this process on 127.0.0.1 (a free port); `address` gets HOST:PORT.
+std::unique_ptr<grpc::Server> ServeOnLoopback(grpc::Service* service, std::string* address) {
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  *address = "127.0.0.1:" + std::to_string(port);
+  return server;
+}
+
 // A node of another expert protocol version is refused at start-up naming both versions; a node
 // from before versions were sent (0) speaks version 1 and is used.
 TEST(RemoteDispatcherVersionTest, RefusesAnotherProtocolVersionAcceptsAnOlderUnversionedNode) {
@@ -204,14 +215,11 @@ TEST(RemoteDispatcherVersionTest, RefusesAnotherProtocolVersionAcceptsAnOlderUnv
   for (uint32_t version : {0u, 2u}) {
     SCOPED_TRACE(version);
     LyingExpertService service(config, Lie::kWrongId, version);
-    grpc::ServerBuilder builder;
-    int port = 0;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-    builder.RegisterService(&service);
-    std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+    std::string address;
+    std::unique_ptr<grpc::Server> server = ServeOnLoopback(&service, &address);
     ASSERT_NE(server, nullptr);
     RemoteDispatcherOptions options;
-    options.expert_nodes = {"127.0.0.1:" + std::to_string(port)};
+    options.expert_nodes = {address};
     options.startup_timeout = absl::Seconds(5);
     absl::StatusOr<std::unique_ptr<RemoteDispatcher>> remote = RemoteDispatcher::Create(config, options);
     if (version == 0) {
@@ -237,14 +245,11 @@ TEST(RemoteDispatcherLyingPeerTest, BadResponsesAreUnavailableNotReadPastTheirEn
       {Lie::kUnknownDtype, "dtype: 9 is not DTYPE_F32 or DTYPE_BF16"}};
   for (const auto& [lie, message] : lies) {
     LyingExpertService service(config, lie);
-    grpc::ServerBuilder builder;
-    int port = 0;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-    builder.RegisterService(&service);
-    std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+    std::string address;
+    std::unique_ptr<grpc::Server> server = ServeOnLoopback(&service, &address);
     ASSERT_NE(server, nullptr);
     RemoteDispatcherOptions options;
-    options.expert_nodes = {"127.0.0.1:" + std::to_string(port)};
+    options.expert_nodes = {address};
     options.dispatch_timeout = absl::Seconds(5);
     options.startup_timeout = absl::Seconds(5);
     ASSERT_OK_AND_ASSIGN(auto remote, RemoteDispatcher::Create(config, options));
