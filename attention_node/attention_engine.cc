@@ -215,9 +215,9 @@ absl::StatusOr<AttentionEngine::Batch> AttentionEngine::UploadBookkeeping(
   desc_.resize(n);
   // Where the attention op reads each sequence's block table: in place on a host backend; on a
   // device, all of them one after the other in one upload.
-  std::vector<absl::Span<const int32_t>> tables(plans.size());
-  for (size_t i = 0; i < plans.size(); ++i) tables[i] = plans[i].seq->blocks;
-  RETURN_IF_ERROR(staging_.ToBackendEach<int32_t>(tables, tables_dev_, tables_, table_of_));
+  table_spans_.resize(plans.size());
+  for (size_t i = 0; i < plans.size(); ++i) table_spans_[i] = plans[i].seq->blocks;
+  RETURN_IF_ERROR(staging_.ToBackendEach<int32_t>(table_spans_, tables_dev_, tables_, table_of_));
   for (size_t i = 0; i < plans.size(); ++i) {
     const Plan& p = plans[i];
     for (int64_t pos = p.start; pos < p.end; ++pos) {

@@ -181,7 +181,8 @@ class AttentionEngine {
   // Per-step scratch, reused. Host side: the batch's bookkeeping, and on a device backend the
   // copies of what crosses to the host (the MoE dispatch, sampling, an observer).
   std::vector<int32_t> ids_, positions_, slots_, tables_;
-  std::vector<const int32_t*> table_of_;
+  std::vector<absl::Span<const int32_t>> table_spans_;  // each sequence's block table
+  std::vector<const int32_t*> table_of_;                // where the backend reads it
   std::vector<kernels::AttentionTokenDesc> desc_;
   std::vector<float> hidden_host_, moe_host_, route_w_host_, logits_host_, observe_host_;
   std::vector<int32_t> experts_host_;

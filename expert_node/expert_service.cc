@@ -410,7 +410,7 @@ v1::ExpertResponse ExpertServiceImpl::Compute(const v1::ExpertRequest& r) {
 
 int64_t DefaultMaxTokens(const ModelConfig& config) {
   const int64_t row_bytes = std::max<int64_t>(1, config.d_model) * static_cast<int64_t>(sizeof(float));
-  return std::clamp<int64_t>((int64_t{128} << 20) / row_bytes, 1, 65536);
+  return std::clamp<int64_t>(router::wire::kMaxHiddenPayloadBytes / row_bytes, 1, 65536);
 }
 
 int64_t ExpertMessageLimit(const ModelConfig& config, int64_t max_tokens) {

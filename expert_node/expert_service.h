@@ -96,7 +96,7 @@ class ExpertServiceImpl final : public v1::ExpertService::CallbackService {
 };
 
 // The largest n_tokens worth accepting by default: what the attention side's dispatcher ever sends
-// in one message (its hidden rows stay under 128 MiB), at most 65536.
+// in one message (router::wire::kMaxHiddenPayloadBytes of f32 rows), at most 65536.
 int64_t DefaultMaxTokens(const ModelConfig& config);
 
 // The largest valid ExpertRequest or ExpertResponse of `config`'s model with at most `max_tokens`

@@ -47,14 +47,14 @@ class Staging {
       return absl::OkStatus();
     }
     scratch.clear();
-    std::vector<size_t> at(arrays.size());
-    for (size_t i = 0; i < arrays.size(); ++i) {
-      at[i] = scratch.size();
-      scratch.insert(scratch.end(), arrays[i].begin(), arrays[i].end());
-    }
+    for (absl::Span<const T> a : arrays) scratch.insert(scratch.end(), a.begin(), a.end());
     absl::StatusOr<const T*> base = ToBackend(scratch.data(), scratch.size(), dev);
     if (!base.ok()) return base.status();
-    for (size_t i = 0; i < arrays.size(); ++i) out[i] = *base + at[i];
+    const T* at = *base;
+    for (size_t i = 0; i < arrays.size(); ++i) {
+      out[i] = at;
+      at += arrays[i].size();
+    }
     return absl::OkStatus();
   }
 

@@ -34,7 +34,7 @@ namespace {
 namespace pb = ::phimoe::v1;
 using Clock = std::chrono::steady_clock;
 
-constexpr int kMaxMessageBytes = 256 << 20;
+constexpr int kMaxMessageBytes = static_cast<int>(2 * wire::kMaxHiddenPayloadBytes);
 constexpr absl::Duration kInitialBackoff = absl::Milliseconds(100);
 constexpr absl::Duration kMaxBackoff = absl::Seconds(5);
 constexpr absl::Duration kInfoTimeout = absl::Seconds(1);  // one reconnect probe
@@ -359,7 +359,7 @@ absl::Status Core::Run(const MoeRequest& request, float* out) {
     return absl::InvalidArgumentError(absl::StrCat("dispatch: layer ", request.layer,
                                                    " out of range [0, ", config.n_layers, ")"));
   }
-  if (n < 0 || n * d * static_cast<int64_t>(sizeof(float)) > kMaxMessageBytes / 2) {
+  if (n < 0 || n * d * static_cast<int64_t>(sizeof(float)) > wire::kMaxHiddenPayloadBytes) {
     return absl::InvalidArgumentError(absl::StrCat("dispatch: n_tokens ", n, " out of range"));
   }
   if (n > 0 && (request.hidden == nullptr || request.experts == nullptr ||

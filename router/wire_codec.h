@@ -17,6 +17,10 @@
 
 namespace phimoe::router::wire {
 
+// The largest f32 hidden-state payload the attention side puts in one ExpertRequest (its gRPC
+// messages are allowed twice this); an expert node sizes its own limits from it.
+inline constexpr int64_t kMaxHiddenPayloadBytes = int64_t{128} << 20;
+
 // Bytes per element of a payload dtype; 0 for any dtype the protocol does not carry.
 size_t ElementBytes(phimoe::v1::DType dtype);
 
