@@ -203,14 +203,16 @@ void NodeWorker::NoteCapacity(const phimoe::v1::CapacityResponse& response) {
   }
 }
 
-void NodeWorker::PollIdle() {
+absl::StatusOr<phimoe::v1::CapacityResponse> NodeWorker::AskCapacity() {
   absl::StatusOr<phimoe::v1::CapacityResponse> cap =
       client_->Capacity(phimoe::v1::CapacityRequest(), absl::Now() + absl::Seconds(2));
-  if (cap.ok()) {
-    NoteCapacity(*cap);
-  } else {
-    FailAll(cap.status());  // nothing runs; marks the node down until a probe succeeds
-  }
+  if (cap.ok()) NoteCapacity(*cap);
+  return cap;
+}
+
+void NodeWorker::PollIdle() {
+  absl::StatusOr<phimoe::v1::CapacityResponse> cap = AskCapacity();
+  if (!cap.ok()) FailAll(cap.status());  // nothing runs; marks the node down until a probe succeeds
 }
 
 void NodeWorker::Intake() {
@@ -363,9 +365,7 @@ bool NodeWorker::RunIteration() {
     if (plan.items.empty()) {
       // Requests wait but none fits the node's free blocks (another client of the node holds
       // them): look again shortly, or when something happens.
-      absl::StatusOr<phimoe::v1::CapacityResponse> cap =
-          client_->Capacity(phimoe::v1::CapacityRequest(), absl::Now() + absl::Seconds(2));
-      if (cap.ok()) NoteCapacity(*cap);
+      (void)AskCapacity();
       WaitForWork(absl::Milliseconds(50));
     }
     return true;
@@ -393,10 +393,7 @@ bool NodeWorker::RunIteration() {
     return true;
   }
   // Is the node itself there? (An unreachable expert is UNAVAILABLE from a reachable node.)
-  absl::StatusOr<phimoe::v1::CapacityResponse> cap =
-      client_->Capacity(phimoe::v1::CapacityRequest(), absl::Now() + absl::Seconds(2));
-  if (cap.ok()) NoteCapacity(*cap);
-  if (!cap.ok()) {
+  if (!AskCapacity().ok()) {
     // The step may have run with only its answer lost: this step's admissions are released with
     // the rest when the node is back.
     std::vector<uint64_t> on_node = admitting;

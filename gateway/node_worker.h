@@ -97,6 +97,8 @@ class NodeWorker {
   bool Probe();                  // Capacity; true when up and serving our model
   // Takes a Capacity answer in: free blocks, and whether the node's experts are reachable.
   void NoteCapacity(const phimoe::v1::CapacityResponse& response);
+  // Capacity now (2 s deadline), taken in by NoteCapacity when it answers.
+  absl::StatusOr<phimoe::v1::CapacityResponse> AskCapacity();
   void PollIdle();               // Capacity while idle; the node is marked lost when it fails
   void Intake();                 // inbox → scheduler
   void Sweep();                  // cancelled, expired, told to cancel
